@@ -1,0 +1,97 @@
+"""Every Orbax call of rec_kd lives here, so an Orbax API change is one file's change.
+
+A checkpoint holds two items: `state` (params, optimizer state, step: a pytree of arrays) and
+`meta` (JSON: epoch, position in the epoch, the evaluation history, the best score). Saves are
+atomic (Orbax writes to a temporary directory and renames). `restore_latest` walks back from the
+newest step when one fails to restore, warning loudly, so a checkpoint damaged by a crash mid-write
+or a bad disk costs the steps since the previous one, never the run.
+
+Two managers serve a run: `latest/` (the resumable state, a few kept) and `best/` (the
+best-validation parameters, one kept; the student restores its teacher from there).
+"""
+
+import os
+import signal
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a directory could be restored."""
+
+
+def manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    """Saves `state` (arrays) and `meta` (JSON-able) at `step`, blocking until it is on disk."""
+    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    checkpoints.wait_until_finished()
+
+
+def restore_step(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """(state, meta) at `step`; `abstract_state` gives the structure, shapes and shardings."""
+    restored = checkpoints.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    )
+    return restored["state"], restored["meta"]
+
+
+def restore_latest(checkpoints: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
+    """The newest checkpoint that restores, or None if the directory has none.
+
+    A step that fails to restore is skipped with a warning and the previous one is tried.
+    Raises CheckpointError when steps exist but none restores.
+    """
+    steps = sorted(checkpoints.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            return restore_step(checkpoints, step, abstract_state)
+        except Exception as error:  # Orbax raises many types for damaged files.
+            logging.warning("Checkpoint at step %d in %s failed to restore (%s: %s); falling back to an earlier one.",
+                            step, checkpoints.directory, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    if steps:
+        raise CheckpointError(f"{checkpoints.directory}: none of the checkpoints at steps {steps} could be restored")
+    return None
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing `tree`, for a restore into the same layout."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class PreemptionFlag:
+    """Set by SIGTERM; the training loop polls it after every step, saves and exits cleanly.
+
+    Single-process runs install their own handler (Orbax's preemption check needs JAX's
+    multi-host preemption service); multi-host runs use `jax.distributed`'s sync point instead.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping after this step.")
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # Every process must stop at the same step, so only the shared sync point decides.
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.requested

@@ -1,0 +1,83 @@
+"""Prints one dataset's statistics as a single JSON object: `python -m rec_kd.data.inspect`.
+
+    python -m rec_kd.data.inspect --dataset=tmall --data_dir=../shared/data
+    python -m rec_kd.data.inspect --dataset=ml-100k
+    python -m rec_kd.data.inspect --format=srgnn --path=DIR
+
+Stdout carries the JSON object and nothing else. Bad input prints one line to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from rec_kd.data.datasets import load_dataset
+from rec_kd.data.sequences import load_inter, load_user_sequences
+from rec_kd.data.session_data import HOT_COUNTING_RULES, DataError, SessionData
+from rec_kd.data.srgnn import load_srgnn
+
+FORMAT_READERS = {"srgnn": load_srgnn, "user_sequences": load_user_sequences, "inter": load_inter}
+
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "tmall, retailrocket, yoochoose1_64, beauty or ml-100k (or a folder in data_dir)"
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder holding the dataset folders (not for ml-100k).")
+_FORMAT = flags.DEFINE_enum("format", None, list(FORMAT_READERS), "Read --path in this format instead.")
+_PATH = flags.DEFINE_string("path", None, "SR-GNN folder, user-sequence text or .inter file for --format.")
+_MAX_LEN = flags.DEFINE_integer("max_len", 50, "Prefixes keep their last max_len items.")
+_VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Share of training sessions for validation.")
+_HOT_FRACTION = flags.DEFINE_float("hot_fraction", 0.2, "Share of distinct training items that are hot.")
+_HOT_COUNTING = flags.DEFINE_enum("hot_counting", "clicks", list(HOT_COUNTING_RULES), "How hot items are counted.")
+
+
+def dataset_statistics(data: SessionData) -> dict:
+    """The inspect summary; prefix lengths are over train + valid, before truncation."""
+    train_valid_lengths = np.concatenate([data.train.full_lengths, data.valid.full_lengths])
+    total_count = int(data.item_counts.sum())
+    hot_count = int(data.item_counts[data.hot_mask].sum())
+    return {
+        "num_items": data.num_items,
+        "num_train": len(data.train),
+        "num_valid": len(data.valid),
+        "num_test": len(data.test),
+        "num_train_sessions": data.num_train_sessions,
+        "avg_prefix_len": round(float(train_valid_lengths.mean()), 4) if train_valid_lengths.size else 0.0,
+        "max_prefix_len": int(train_valid_lengths.max(initial=0)),
+        "num_hot_items": data.num_hot_items,
+        "hot_click_share": round(hot_count / total_count, 4) if total_count else 0.0,
+    }
+
+
+def load_from_flags() -> SessionData:
+    options = dict(
+        max_len=_MAX_LEN.value,
+        valid_fraction=_VALID_FRACTION.value,
+        hot_fraction=_HOT_FRACTION.value,
+        hot_counting=_HOT_COUNTING.value,
+    )
+    if _FORMAT.value:
+        if not _PATH.value or _DATASET.value:
+            raise app.UsageError("--format needs --path (and no --dataset)")
+        return FORMAT_READERS[_FORMAT.value](_PATH.value, **options)
+    if not _DATASET.value:
+        raise app.UsageError("give --dataset=NAME [--data_dir=ROOT] or --format=FORMAT --path=PATH")
+    return load_dataset(_DATASET.value, _DATA_DIR.value, **options)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        statistics = dataset_statistics(load_from_flags())
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(statistics))
+
+
+if __name__ == "__main__":
+    app.run(main)

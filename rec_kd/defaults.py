@@ -1,0 +1,157 @@
+"""The one base config that every file in configs/ specialises.
+
+`get_config(dataset, arg)` builds an ml_collections.ConfigDict for a dataset; `arg` is the
+comma-separated words after the config file's ':' — `teacher` (default) or `student`, optionally
+`smoke`, optionally a student variant (`full`, `ce`, `kd`, `kd_cl`, `tt`, `dense`). Every
+hyperparameter lives here; flags are only --config and --workdir.
+"""
+
+import ml_collections
+
+DATASETS = ("tmall", "retailrocket", "yoochoose1_64", "beauty", "ml-100k")
+VARIANTS = ("full", "ce", "kd", "kd_cl", "tt", "dense")
+
+# The paper's main STTD settings (METHOD.md); other datasets get a factorisation suggested from
+# their catalogue size (empty item_factors).
+MAIN_TABLES = {
+    "tmall": dict(item_factors=(169, 241), dim_factors=(16, 8), ranks=(60,), t=2),
+    "retailrocket": dict(item_factors=(117, 316), dim_factors=(16, 8), ranks=(60,), t=2),
+}
+
+
+def parse_arg(arg: str) -> tuple[str, bool, str]:
+    """'student,smoke,kd' -> ('student', True, 'kd'); unknown words are an error."""
+    words = [word for word in (arg or "").split(",") if word]
+    stage, smoke, variant = "teacher", False, None
+    for word in words:
+        if word in ("teacher", "student"):
+            stage = word
+        elif word == "smoke":
+            smoke = True
+        elif word in VARIANTS:
+            variant = word
+        else:
+            raise ValueError(f"unknown config word {word!r} in {arg!r}; expected teacher|student, smoke, or one of {VARIANTS}")
+    if variant is not None and stage != "student":
+        raise ValueError(f"variant {variant!r} needs the 'student' stage (config argument {arg!r})")
+    return stage, smoke, variant or ("full" if stage == "student" else "teacher")
+
+
+def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    stage, smoke, variant = parse_arg(arg)
+    config = ml_collections.ConfigDict()
+    # Dataset name as `rec_kd.data.inspect` knows it.
+    config.dataset = dataset
+    # Folder holding the dataset folders (tmall/, retailrocket/, ...); unused for ml-100k.
+    config.data_dir = "../shared/data"
+    # 'teacher' trains SASRec; 'student' distils it into the STTD student.
+    config.stage = stage
+    # 'teacher' for teachers; for students the objective/table ablation (see VARIANTS).
+    config.variant = variant
+    # A quick run on a slice of the real data (full catalogue) for tests and trials.
+    config.smoke = smoke
+    # Model initialisation and dropout seed.
+    config.seed = 0
+    # Data-order seed, separate from `seed` so runs that differ only in `seed` share batches.
+    config.data_seed = 0
+    # The teacher's workdir (students only): its best-valid checkpoint is restored and frozen.
+    config.teacher_workdir = ""
+
+    config.data = ml_collections.ConfigDict()
+    # Sequences keep their last max_len items.
+    config.data.max_len = 50
+    # Fraction of training sessions (the last ones in file order) held out for validation.
+    config.data.valid_fraction = 0.1
+    # Share of the distinct training items that are hot (most frequent).
+    config.data.hot_fraction = 0.2
+    # 'clicks' counts each training click once; 'prefixes' is the authors' once-per-prefix count.
+    config.data.hot_counting = "clicks"
+    # Padded lengths of the batch buckets (clipped to max_len), so short sessions stay cheap.
+    config.data.buckets = (8, 16, 32, 50)
+    # Smoke runs only: training / evaluation examples kept per split (0 keeps all).
+    config.data.max_train_examples = 0
+    config.data.max_eval_examples = 0
+
+    config.model = ml_collections.ConfigDict()
+    # Width d of item embeddings and of the transformer.
+    config.model.hidden_dim = 128
+    # Transformer blocks.
+    config.model.num_layers = 1
+    # Attention heads per block.
+    config.model.num_heads = 1
+    # Feed-forward inner width.
+    config.model.inner_dim = 128
+    # Dropout on the input, attention probabilities, attention output and FFN output.
+    config.model.dropout_rate = 0.5
+    # 'standard' (LeCun kernels, LayerNorm gain 1) or 'authors' (everything U(-0.1, 0.1)).
+    config.model.init_scheme = "standard"
+
+    config.table = ml_collections.ConfigDict()
+    # Student item table: 'sttd', 'tt' (plain TT-matrix, t forced to 1) or 'dense'.
+    config.table.kind = {"tt": "tt", "dense": "dense"}.get(variant, "sttd")
+    main_table = MAIN_TABLES.get(dataset, dict(item_factors=(), dim_factors=(), ranks=(60,), t=2))
+    # Row factors I_1..I_K (prod >= num_items + 1); empty = suggested from the catalogue size.
+    config.table.item_factors = main_table["item_factors"]
+    # Width factors J_1..J_K (prod = hidden_dim); empty = suggested.
+    config.table.dim_factors = main_table["dim_factors"]
+    # TT ranks R_1..R_{K-1}; with empty factors only ranks[0] is used (same rank everywhere).
+    config.table.ranks = main_table["ranks"]
+    # Semi-tensor-product factor t (divides the ranks and J_K); 1 = plain TT.
+    config.table.t = main_table["t"]
+    # Cores K when the factors are suggested.
+    config.table.num_cores = 2
+
+    config.distill = ml_collections.ConfigDict()
+    # lambda: weight of soft-target KD; the rec loss gets 1 - lambda.
+    config.distill.kd_weight = 0.8
+    # beta: weight of the contrastive (InfoNCE) loss.
+    config.distill.cl_weight = 0.2
+    # alpha: weight of the predictive loss.
+    config.distill.pred_weight = 0.001
+    # Soft-target temperature T (the loss carries the T^2 factor).
+    config.distill.kd_temperature = 1.0
+    # InfoNCE temperature.
+    config.distill.cl_temperature = 0.2
+    # 'mean' over the batch, or the authors' 'sum' (re-tune the weights if you use it).
+    config.distill.reduction = "mean"
+    objective_by_variant = {"ce": (0.0, 0.0, 0.0), "kd": (0.8, 0.0, 0.0), "kd_cl": (0.8, 0.2, 0.0)}
+    if variant in objective_by_variant:
+        (config.distill.kd_weight, config.distill.cl_weight, config.distill.pred_weight) = objective_by_variant[variant]
+
+    config.train = ml_collections.ConfigDict()
+    # Global batch size (a multiple of the device count).
+    config.train.batch_size = 100
+    # Training epochs; the step with the best validation metric is selected.
+    config.train.num_epochs = 10
+    # Adam learning rate (peak, for schedules).
+    config.train.learning_rate = 1e-3
+    # 'constant' or 'cosine' (linear warm-up then cosine decay to 0).
+    config.train.schedule = "constant"
+    # Warm-up steps for the cosine schedule.
+    config.train.warmup_steps = 0
+    # Decoupled weight decay (AdamW); 0 gives plain Adam.
+    config.train.weight_decay = 0.0
+    # Evaluation batch size (a multiple of the device count).
+    config.train.eval_batch_size = 500
+    # Evaluate valid (and test, for the paper protocol) every this many epochs.
+    config.train.eval_every_epochs = 1
+    # Metric on valid that selects the step.
+    config.train.selection_metric = "hr@20"
+    # Stop when the selection metric has not improved for this many evaluations (0 = never).
+    config.train.early_stop_patience = 3
+    # Save a resumable checkpoint every this many steps (and at every epoch end and on SIGTERM).
+    config.train.checkpoint_every_steps = 1000
+    # Log training metrics every this many steps.
+    config.train.log_every_steps = 100
+
+    if smoke:
+        config.data.max_train_examples = 3000
+        config.data.max_eval_examples = 1000
+        config.train.num_epochs = 2
+        config.train.early_stop_patience = 0
+        config.train.checkpoint_every_steps = 10
+        config.train.log_every_steps = 5
+    return config
+

@@ -1,0 +1,96 @@
+"""Full-ranking evaluation: exact ranks of the target among every catalogue item, on device.
+
+Ties count against the target (a constant scorer scores zero) and column 0, the padding item, is
+never ranked. The evaluator streams a split through a jitted scorer batch by batch, so the
+(examples x items) score matrix is never materialised whole, and keeps running sums of the
+per-example metrics, weighted so that padding rows count for nothing.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_KS = (5, 10, 20)
+
+
+def target_ranks(scores: jax.Array, targets: jax.Array) -> jax.Array:
+    """0-based rank of each target: how many other real items score at least as high.
+
+    Args:
+      scores: (B, C) float; column 0 is padding and is ignored.
+      targets: (B,) int in [1, C).
+    Returns:
+      (B,) int32; 0 means the target is strictly above every other item.
+    """
+    target_scores = jnp.take_along_axis(scores, targets[:, None], axis=1)  # (B, 1)
+    item_ids = jnp.arange(scores.shape[1])[None, :]  # (1, C)
+    competitors = (item_ids != 0) & (item_ids != targets[:, None])  # (B, C)
+    return jnp.sum(competitors & (scores >= target_scores), axis=1, dtype=jnp.int32)
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+    return [f"{name}@{k}" for k in ks for name in ("hr", "mrr", "ndcg")]
+
+
+def per_example_metrics(ranks: jax.Array, ks: Sequence[int] = DEFAULT_KS) -> dict[str, jax.Array]:
+    """HR, MRR and NDCG at each k for every example, from 0-based ranks: {'hr@5': (B,), ...}."""
+    ranks = ranks.astype(jnp.float32)
+    metrics = {}
+    for k in ks:
+        hit = ranks < k
+        metrics[f"hr@{k}"] = hit.astype(jnp.float32)
+        metrics[f"mrr@{k}"] = jnp.where(hit, 1.0 / (ranks + 1.0), 0.0)
+        metrics[f"ndcg@{k}"] = jnp.where(hit, 1.0 / jnp.log2(ranks + 2.0), 0.0)
+    return metrics
+
+
+def rank_metrics(scores, targets, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Batch means of HR/MRR/NDCG@k (fractions) for full-ranking scores.
+
+    Args:
+      scores: (B, C) float; column 0 is padding and never ranked.
+      targets: (B,) int in [1, C).
+    Returns:
+      {'hr@5': ..., 'mrr@5': ..., 'ndcg@5': ..., ...} as Python floats.
+    """
+    ranks = target_ranks(jnp.asarray(scores), jnp.asarray(targets))
+    return {name: float(jnp.mean(value)) for name, value in per_example_metrics(ranks, ks).items()}
+
+
+def weighted_metric_sums(scores, targets, weights, cold_mask, ks=DEFAULT_KS) -> dict[str, jax.Array]:
+    """Weighted per-batch sums of every metric, overall and over cold-target examples.
+
+    Returns scalars keyed 'all/hr@5', ..., 'cold/hr@5', ..., plus 'all/count' and 'cold/count';
+    summing these over batches and dividing by the counts gives exact split-level means.
+    """
+    per_example = per_example_metrics(target_ranks(scores, targets), ks)
+    cold_weights = weights * cold_mask[targets].astype(weights.dtype)
+    sums = {"all/count": jnp.sum(weights), "cold/count": jnp.sum(cold_weights)}
+    for name, value in per_example.items():
+        sums[f"all/{name}"] = jnp.sum(weights * value)
+        sums[f"cold/{name}"] = jnp.sum(cold_weights * value)
+    return sums
+
+
+def means_from_sums(totals: dict[str, float], prefix: str, ks=DEFAULT_KS) -> dict[str, float]:
+    """Split-level means from accumulated sums; NaN where no example qualified (e.g. no cold targets)."""
+    count = totals[f"{prefix}/count"]
+    return {name: (totals[f"{prefix}/{name}"] / count if count > 0 else float("nan")) for name in metric_names(ks)}
+
+
+def evaluate_batches(
+    metric_sums_fn: Callable[..., dict[str, jax.Array]],
+    batches: Iterable[dict[str, np.ndarray]],
+    put_batch: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Runs a jitted `metric_sums_fn(batch) -> sums` over a whole split.
+
+    Returns (metrics over all examples, metrics over cold-target examples). Device results are
+    fetched once at the end so the host never waits on the device between batches.
+    """
+    device_sums = [metric_sums_fn(put_batch(batch)) for batch in batches]
+    totals = {key: float(np.sum([np.asarray(sums[key], np.float64) for sums in device_sums])) for key in device_sums[0]}
+    return means_from_sums(totals, "all", ks), means_from_sums(totals, "cold", ks)

@@ -1,0 +1,6 @@
+"""Flax models: the SASRec teacher, the STTD student (same module) and the distillation heads."""
+
+from rec_kd.models.distill_heads import DistillHeads
+from rec_kd.models.sasrec import PADDING_LOGIT, SeqRecModel, build_model, sttd_spec_from_config
+
+__all__ = ["DistillHeads", "PADDING_LOGIT", "SeqRecModel", "build_model", "sttd_spec_from_config"]

@@ -1,0 +1,470 @@
+"""The trainer: `train_and_evaluate(config, workdir)` for the teacher and the student alike.
+
+Read top to bottom: mesh, input, models and optimizer, the one jitted train step, evaluation,
+checkpoints and resumption, the loop, results. The train step is a pure function of (state,
+batch, constants, teacher params), jitted once per length bucket over a 1-D 'data' mesh of all
+devices: the batch is sharded, everything else replicated, and the state donated. The losses see
+the global batch, so results do not depend on the number of devices.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rec_kd import checkpointing, data as data_lib, evaluation, losses
+from rec_kd.compress import sttd
+from rec_kd.models import DistillHeads, build_model
+from rec_kd.train_logging import MetricWriter
+
+
+class ConfigError(ValueError):
+    """A config or teacher that cannot work, found before any training."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh and input.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """The 1-D 'data' mesh and the two shardings every array of a run uses."""
+
+    mesh: Mesh
+    replicated: NamedSharding
+    batch: NamedSharding
+
+    @classmethod
+    def over_all_devices(cls) -> "Placement":
+        mesh = Mesh(np.asarray(jax.devices()), ("data",))
+        return cls(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Host batch -> global array sharded on 'data'. Each process passes its own rows."""
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch, x), batch)
+
+    def replicate(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.replicated)
+
+
+def load_data(config) -> data_lib.SessionData:
+    data = data_lib.load_dataset(
+        config.dataset,
+        config.data_dir or None,
+        max_len=config.data.max_len,
+        valid_fraction=config.data.valid_fraction,
+        hot_fraction=config.data.hot_fraction,
+        hot_counting=config.data.hot_counting,
+    )
+    if config.data.max_train_examples or config.data.max_eval_examples:
+        data = data.with_examples(config.data.max_train_examples or len(data.train), config.data.max_eval_examples or len(data.test))
+    return data
+
+
+def check_batch_sizes(config, num_devices: int) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+        size = config.train[name]
+        if size <= 0 or size % num_devices:
+            raise ConfigError(f"train.{name}={size} must be a positive multiple of the {num_devices} devices")
+
+
+# ----------------------------------------------------------------------------------------------
+# Models, teacher and optimizer.
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_table_config(config, num_items: int) -> None:
+    """Fills empty STTD factors with a suggested factorisation of this catalogue (in place)."""
+    table = config.table
+    if config.stage != "student" or table.kind == "dense" or table.item_factors:
+        return
+    t = 1 if table.kind == "tt" else table.t
+    spec = sttd.suggest_spec(num_items + 1, config.model.hidden_dim, table.ranks[0], t, table.num_cores)
+    with config.unlocked():
+        table.item_factors, table.dim_factors, table.ranks = spec.item_factors, spec.dim_factors, spec.ranks
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    train = config.train
+    if train.schedule == "constant":
+        learning_rate = train.learning_rate
+    elif train.schedule == "cosine":
+        learning_rate = optax.warmup_cosine_decay_schedule(
+            0.0, train.learning_rate, train.warmup_steps, max(train.num_epochs * steps_per_epoch, train.warmup_steps + 1)
+        )
+    else:
+        raise ConfigError(f"train.schedule={train.schedule!r}: expected 'constant' or 'cosine'")
+    if train.weight_decay:
+        return optax.adamw(learning_rate, weight_decay=train.weight_decay)
+    return optax.adam(learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A frozen, restored teacher: its model, its best-valid parameters and where they came from."""
+
+    model: Any
+    params: Any
+    step: int
+    workdir: str
+
+
+def load_teacher(config, data: data_lib.SessionData, placement: Placement) -> Teacher:
+    """Restores the teacher named by config.teacher_workdir; every mismatch is an error now."""
+    workdir = config.teacher_workdir
+    if not workdir:
+        raise ConfigError("the student stage needs --config.teacher_workdir=DIR (a trained teacher's workdir)")
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"{config_path}: no teacher config; train a teacher into {workdir} first")
+    with open(config_path) as f:
+        teacher_config = ml_collections.ConfigDict(json.load(f))
+    if teacher_config.stage != "teacher":
+        raise ConfigError(f"{config_path}: stage is {teacher_config.stage!r}, not a teacher")
+    if teacher_config.dataset != config.dataset:
+        raise ConfigError(f"{config_path}: teacher was trained on {teacher_config.dataset!r}, the student is on {config.dataset!r}")
+    if teacher_config.data.max_len != config.data.max_len:
+        raise ConfigError(f"{config_path}: teacher max_len {teacher_config.data.max_len} != student {config.data.max_len}")
+    model = build_model(teacher_config, data.num_items)
+    abstract = {"params": jax.eval_shape(lambda: init_model_params(model, config.data.max_len, jax.random.key(0)))}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), abstract)
+    best = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
+    step = best.latest_step()
+    if step is None:
+        raise ConfigError(f"{workdir}/checkpoints/best: the teacher has no best-valid checkpoint (did it finish an epoch?)")
+    try:
+        restored, _ = checkpointing.restore_step(best, step, abstract)
+    except Exception as error:
+        raise ConfigError(
+            f"{workdir}/checkpoints/best/{step}: cannot restore the teacher for {data.num_items} items "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    logging.info("Restored teacher from %s (best-valid step %d).", workdir, step)
+    return Teacher(model=model, params=restored["params"], step=step, workdir=workdir)
+
+
+def init_model_params(model, max_len: int, key):
+    items = jnp.ones((1, max_len), jnp.int32)
+    return model.init(key, items, jnp.ones((1,), jnp.int32), train=False)["params"]
+
+
+def init_params(config, model, heads, key):
+    """{'model': ..., 'heads': ...}: every trained parameter (heads only for students)."""
+    model_key, heads_key = jax.random.split(key)
+    params = {"model": init_model_params(model, config.data.max_len, model_key)}
+    if heads is not None:
+        dim = config.model.hidden_dim
+        batch = {"items": jnp.ones((1, 2), jnp.int32), "lengths": jnp.full((1,), 2, jnp.int32), "weights": jnp.ones((1,))}
+        table, session = jnp.zeros((3, dim)), jnp.zeros((1, dim))
+        params["heads"] = heads.init(heads_key, batch, table, table, session, session, jnp.array([False, True, False]))["params"]
+    return params
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The train step and the evaluation step.
+# ----------------------------------------------------------------------------------------------
+
+
+def make_loss_fn(model, heads, teacher_model, objective, terms):
+    """loss(params, batch, dropout_key, constants, teacher_params) -> (total, metrics)."""
+    names = {name for name, _, _ in terms}
+    needs_teacher = bool(names & {"kd", "cl", "pred"})
+    needs_heads = bool(names & {"cl", "pred"})
+
+    def loss_fn(params, batch, dropout_key, constants, teacher_params):
+        student = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=True, rngs={"dropout": dropout_key})
+        outputs = dict(student)
+        if needs_teacher:
+            teacher = teacher_model.apply({"params": teacher_params}, batch["items"], batch["lengths"], train=False)
+            teacher = jax.lax.stop_gradient(teacher)
+            outputs.update(teacher_scores=teacher["scores"], teacher_table=teacher["table"], teacher_session=teacher["session"])
+        if needs_heads:
+            outputs.update(
+                heads.apply(
+                    {"params": params["heads"]},
+                    batch,
+                    student["table"],
+                    outputs["teacher_table"],
+                    student["session"],
+                    outputs["teacher_session"],
+                    constants["hot_mask"],
+                )
+            )
+        return objective(outputs, batch)
+
+    return loss_fn
+
+
+def make_train_step(loss_fn, optimizer, base_key):
+    """train_step(state, batch, constants, teacher_params) -> (state, metrics); pure."""
+
+    def train_step(state, batch, constants, teacher_params):
+        dropout_key = jax.random.fold_in(base_key, state["step"])
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], batch, dropout_key, constants, teacher_params)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def make_metric_sums_fn(model, ks):
+    """metric_sums(params, batch, constants) -> weighted sums of every rank metric (all and cold)."""
+
+    def metric_sums(params, batch, constants):
+        scores = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=False)["scores"]
+        return evaluation.weighted_metric_sums(scores, batch["targets"], batch["weights"], constants["cold_mask"], ks)
+
+    return metric_sums
+
+
+# ----------------------------------------------------------------------------------------------
+# Run record: what a checkpoint's meta holds, so a resumed run ends exactly like an unbroken one.
+# ----------------------------------------------------------------------------------------------
+
+
+def new_record() -> dict:
+    return {
+        "epoch": 0,  # epoch in progress
+        "batch_in_epoch": 0,  # next batch of that epoch
+        "history": [],  # one entry per evaluation: step, epoch, valid, test, test_cold, losses
+        "best": None,  # the history entry selected on validation
+        "evals_since_best": 0,
+        "epoch_loss_sums": {},  # running sums of this epoch's training losses
+        "epoch_loss_steps": 0,
+        "train_examples": 0,
+        "train_seconds": 0.0,
+        "finished": False,
+    }
+
+
+def git_commit() -> str:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True).stdout
+        return commit + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# train_and_evaluate.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the stage named by the config in `workdir` (resuming if it holds a checkpoint).
+
+    Returns the results dict also written to workdir/results.json, or {'preempted': True, ...}
+    when SIGTERM stopped the run (a checkpoint was saved; rerun the same command to continue).
+    """
+    started = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    placement = Placement.over_all_devices()
+    check_batch_sizes(config, placement.num_devices)
+    is_student = config.stage == "student"
+
+    # Input.
+    data = load_data(config)
+    buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
+    steps_per_epoch = data_lib.num_train_batches(data.train, config.train.batch_size, buckets=buckets)
+    resolve_table_config(config, data.num_items)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    logging.info("%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices.",
+                 data.name, data.num_items, len(data.train), len(data.valid), len(data.test), steps_per_epoch, placement.num_devices)
+
+    # Models and optimizer.
+    teacher = load_teacher(config, data, placement) if is_student else None
+    model = build_model(config, data.num_items)
+    terms = losses.objective_terms(config.distill if is_student else None)
+    heads = DistillHeads(config.model.init_scheme) if is_student else None
+    optimizer = make_optimizer(config, steps_per_epoch)
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    constants = placement.replicate(
+        {"hot_mask": jnp.asarray(data.hot_mask), "cold_mask": jnp.asarray(~data.hot_mask & (np.arange(data.num_items + 1) > 0))}
+    )
+    teacher_params = teacher.params if teacher else {}
+
+    def init_state():
+        params = init_params(config, model, heads, init_key)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+    state = jax.jit(init_state, out_shardings=placement.replicated)()
+
+    # The jitted steps: compiled once per length bucket (the batch's padded width).
+    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, losses.weighted_objective(terms), terms)
+    train_step = jax.jit(
+        make_train_step(loss_fn, optimizer, dropout_key),
+        in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated),
+        out_shardings=(placement.replicated, placement.replicated),
+        donate_argnums=(0,),
+    )
+    ks = evaluation.DEFAULT_KS
+    metric_sums = jax.jit(
+        make_metric_sums_fn(model, ks),
+        in_shardings=(placement.replicated, placement.batch, placement.replicated),
+        out_shardings=placement.replicated,
+    )
+
+    def evaluate(split):
+        batches = data_lib.eval_batches(split, config.train.eval_batch_size, buckets=buckets)
+        return evaluation.evaluate_batches(lambda batch: metric_sums(state["params"], batch, constants), batches, placement.put_batch, ks)
+
+    # Checkpoints: resume order is existing checkpoint, else scratch.
+    latest = checkpointing.manager(os.path.join(workdir, "checkpoints", "latest"), max_to_keep=2)
+    best_checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
+    record, resumed_from_step = new_record(), None
+    restored = checkpointing.restore_latest(latest, checkpointing.abstract_like(state))
+    if restored is not None:
+        state, record = restored
+        resumed_from_step = int(state["step"])
+        logging.info("Resumed from step %d (epoch %d, batch %d).", resumed_from_step, record["epoch"], record["batch_in_epoch"])
+
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+
+    def save_latest():
+        checkpointing.save(latest, int(state["step"]), state, record)
+
+    # The loop.
+    with checkpointing.PreemptionFlag() as preemption:
+        while not record["finished"]:
+            epoch = record["epoch"]
+            batches = data_lib.train_batches(data.train, config.train.batch_size, data_seed=config.data_seed, epoch=epoch, buckets=buckets)
+            pending, epoch_started = [], time.time()
+            progress = writer.progress(len(batches), initial=record["batch_in_epoch"], desc=f"epoch {epoch}")
+            for index in range(record["batch_in_epoch"], len(batches)):
+                batch = batches[index]
+                state, metrics = train_step(state, placement.put_batch(batch), constants, teacher_params)
+                pending.append((metrics, int(batch["weights"].sum())))
+                record["batch_in_epoch"] = index + 1
+                step = index + 1 + epoch * len(batches)
+                if len(pending) >= config.train.log_every_steps or index + 1 == len(batches):
+                    record["train_seconds"] += time.time() - epoch_started
+                    epoch_started = time.time()
+                    writer.log_train(step, epoch, pending, record)
+                    progress.update(len(pending))
+                    pending = []
+                if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
+                    save_latest()
+                if preemption.should_stop(step):
+                    record["train_seconds"] += time.time() - epoch_started
+                    if pending:
+                        writer.log_train(step, epoch, pending, record)
+                    save_latest()
+                    progress.close()
+                    writer.close()
+                    logging.warning("Preempted at step %d; rerun the same command to continue.", step)
+                    return {"preempted": True, "step": step}
+            progress.close()
+
+            # End of epoch: evaluate, select on validation, checkpoint.
+            record["epoch"], record["batch_in_epoch"] = epoch + 1, 0
+            is_last_epoch = epoch + 1 >= config.train.num_epochs
+            if (epoch + 1) % config.train.eval_every_epochs == 0 or is_last_epoch:
+                entry = {"step": int(state["step"]), "epoch": epoch + 1}
+                entry["valid"], _ = evaluate(data.valid)
+                entry["test"], entry["test_cold"] = evaluate(data.test)
+                steps = max(record["epoch_loss_steps"], 1)
+                entry["losses"] = {name: value / steps for name, value in record["epoch_loss_sums"].items()}
+                writer.log_eval(entry)
+                record["history"].append(entry)
+                metric = config.train.selection_metric
+                if record["best"] is None or entry["valid"][metric] > record["best"]["valid"][metric]:
+                    record["best"], record["evals_since_best"] = entry, 0
+                    checkpointing.save(best_checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
+                else:
+                    record["evals_since_best"] += 1
+                patience = config.train.early_stop_patience
+                if patience and record["evals_since_best"] >= patience:
+                    logging.info("No validation improvement in %d evaluations: stopping early.", patience)
+                    is_last_epoch = True
+            record["epoch_loss_sums"], record["epoch_loss_steps"] = {}, 0
+            record["finished"] = is_last_epoch
+            save_latest()
+
+    writer.close()
+    results = build_results(config, data, record, state, teacher, resumed_from_step, placement, time.time() - started)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# results.json (schema: docs/architecture.md).
+# ----------------------------------------------------------------------------------------------
+
+
+def table_param_count(model_params) -> int:
+    return count_params({key: value for key, value in model_params.items() if key in ("item_embedding", "sttd_cores")})
+
+
+def build_results(config, data, record, state, teacher, resumed_from_step, placement, wall_s) -> dict:
+    best = record["best"]
+    if best is None:
+        raise RuntimeError("training finished without any evaluation; set train.eval_every_epochs <= train.num_epochs")
+    params = state["params"]
+    inference_total = count_params(params["model"])
+    item_table = table_param_count(params["model"])
+    results = {
+        "stage": config.stage,
+        "variant": config.variant,
+        "dataset": config.dataset,
+        "num_items": data.num_items,
+        "seed": config.seed,
+        "data_seed": config.data_seed,
+        "num_devices": placement.num_devices,
+        "smoke": bool(config.smoke),
+        "selected_step": best["step"],
+        "selected_epoch": best["epoch"],
+        "resumed_from_step": resumed_from_step,
+        "valid": best["valid"],
+        "test": best["test"],
+        "test_cold": best["test_cold"],
+        "paper_protocol_test": {
+            "note": "best test value of each metric over all evaluated epochs (the authors' protocol; selected on test)",
+            **{name: max(entry["test"][name] for entry in record["history"]) for name in best["test"]},
+        },
+        "params": {"total": count_params(params), "item_table": item_table, "inference_total": inference_total},
+        "embedding_compression": None,
+        "model_compression": None,
+        "bytes": {"params_fp32": 4 * inference_total},
+        "losses": {name.split("/", 1)[1]: value for name, value in best["losses"].items() if name.startswith("loss/")},
+        "wall_s": wall_s,
+        "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
+        "command": " ".join(sys.argv),
+        "commit": git_commit(),
+    }
+    if config.stage == "student":
+        dim = config.model.hidden_dim
+        dense_rows = data.num_items + 1 if config.table.kind == "dense" else int(np.prod(config.table.item_factors))
+        results["embedding_compression"] = dense_rows * dim / item_table
+        results["model_compression"] = count_params(teacher.params) / inference_total
+        results["teacher_workdir"] = teacher.workdir
+        results["teacher_step"] = teacher.step
+    return results

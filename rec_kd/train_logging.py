@@ -1,0 +1,78 @@
+"""Where training metrics go: metrics.jsonl, TensorBoard (tensorboardX) and a console progress bar.
+
+Device metrics are fetched in groups at logging steps, never after every step, so the host keeps
+queuing work while the device computes. Non-finite losses stop the run at the next log.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+    """Writes one JSON object a line to workdir/metrics.jsonl and mirrors it to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._last_log = time.time()
+        if enabled:
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._progress = None
+
+    def progress(self, total: int, initial: int, desc: str):
+        self._progress = tqdm.tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=not self.enabled, leave=False)
+        self._last_log = time.time()
+        return self._progress
+
+    def _write(self, record: dict, step: int, prefix: str) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in record.items():
+            if name not in ("step", "epoch", "split") and isinstance(value, (int, float)):
+                tag = name if "/" in name else f"{prefix}/{name}"
+                self._tensorboard.add_scalar(tag.replace("@", "_at_"), value, step)  # TensorBoard tags allow no '@'.
+
+    def log_train(self, step: int, epoch: int, pending: list, record: dict) -> None:
+        """Fetches the pending steps' metrics, adds them to the epoch's loss sums, writes their mean."""
+        fetched = jax.device_get([metrics for metrics, _ in pending])
+        examples = sum(count for _, count in pending)
+        means = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
+        if not all(math.isfinite(value) for value in means.values()):
+            raise FloatingPointError(f"non-finite training metrics at step {step}: {means}")
+        sums = record["epoch_loss_sums"]
+        for metrics in fetched:
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        record["epoch_loss_steps"] += len(fetched)
+        record["train_examples"] += examples
+        now = time.time()
+        examples_per_s = examples / max(now - self._last_log, 1e-9)
+        self._last_log = now
+        self._write({"step": step, "epoch": epoch, "split": "train", **means, "train/examples_per_s": examples_per_s}, step, "train")
+        if self._progress is not None:
+            self._progress.set_postfix(loss=f"{means['loss/total']:.4f}", ex_s=f"{examples_per_s:,.0f}")
+
+    def log_eval(self, entry: dict) -> None:
+        for split in ("valid", "test", "test_cold"):
+            self._write({"step": entry["step"], "epoch": entry["epoch"], "split": split, **entry[split]}, entry["step"], split)
+        logging.info("epoch %d step %d: valid hr@20 %.4f mrr@20 %.4f | test hr@20 %.4f mrr@20 %.4f", entry["epoch"], entry["step"],
+                     entry["valid"]["hr@20"], entry["valid"]["mrr@20"], entry["test"]["hr@20"], entry["test"]["mrr@20"])
+        self._last_log = time.time()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if self.enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+            self.enabled = False

@@ -1,0 +1,32 @@
+"""rec_kd: compact on-device next-item recommenders by self-supervised distillation (OD-Rec) in JAX."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "numpy>=2.0",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+]
+
+setuptools.setup(
+    name="rec_kd",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["rec_kd", "rec_kd.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8"],
+        # The embedded default dataset (MovieLens-100k) ships inside RecBole's wheel. Install it
+        # with --no-deps (its dependencies pull PyTorch): `pip install --no-deps recbole==1.2.1`.
+        "data": ["recbole==1.2.1"],
+    },
+)
