@@ -14,3 +14,7 @@ def data_dir() -> str:
     if not os.path.isdir(path):
         pytest.fail(f"benchmark data not found at {path}; set REC_KD_DATA_DIR")
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of the real trainer (CI runs them too)")

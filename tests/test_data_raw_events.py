@@ -79,7 +79,8 @@ def test_max_session_keys_and_default_item_count():
 
 def test_time_unit(tmp_path):
     csv = tmp_path / "ms.csv"
-    csv.write_text("timestamp,visitorid,itemid\n0,u,1\n1000,u,2\n2000,u,1\n3000,u,2\n9000000,v,1\n9001000,v,2\n")
+    rows = ["timestamp,visitorid,itemid", "0,u,1", "1000,u,2", "2000,u,1", "3000,u,2"]
+    csv.write_text("\n".join(rows + ["9000000,v,1", "9001000,v,2"]) + "\n")
     data = load_raw_events(
         str(csv),
         session_column="visitorid",

@@ -85,12 +85,10 @@ def train_batches(
     rng = np.random.default_rng([int(data_seed), int(epoch)])
     lengths_by_bucket = bucket_lengths(split.max_len, buckets)
     order = rng.permutation(len(split))  # (n,)
-    buckets_in_order = bucket_of_each_example(split.lengths[order], lengths_by_bucket)
-    grouped = order[np.argsort(buckets_in_order, kind="stable")]
-    grouped_buckets = np.sort(buckets_in_order, kind="stable")
+    buckets_in_order = bucket_of_each_example(split.lengths[order], lengths_by_bucket)  # (n,)
     planned = []  # (bucket, example ids) per batch
     for bucket in range(len(lengths_by_bucket)):
-        ids = grouped[grouped_buckets == bucket]
+        ids = order[buckets_in_order == bucket]  # still in shuffled order
         planned.extend((bucket, row) for row in _batch_rows(ids, batch_size))
     batch_order = rng.permutation(len(planned))
     return [

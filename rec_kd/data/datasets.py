@@ -36,7 +36,7 @@ def load_dataset(
     if name == "ml-100k":
         return load_inter(movielens_100k_path(), **options)
     if not data_dir:
-        raise DataError(f"{name}: no data directory given (it holds the folders {', '.join(SRGNN_FOLDERS)}, ...)")
+        raise DataError(f"{name}: no data directory given (the folder that holds the dataset folders)")
     if name == "beauty":
         return load_user_sequences(os.path.join(data_dir, BEAUTY_FILE), **options)
     folder = os.path.join(data_dir, SRGNN_FOLDERS.get(name, name))

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 from absl import app, flags
 
 from rec_kd.data.datasets import load_dataset
 from rec_kd.data.sequences import load_inter, load_user_sequences
-from rec_kd.data.session_data import HOT_COUNTING_RULES, DataError, SessionData
+from rec_kd.data.session_data import HOT_COUNTING_RULES, DataError, SessionData, dataset_statistics
 from rec_kd.data.srgnn import load_srgnn
 
 FORMAT_READERS = {"srgnn": load_srgnn, "user_sequences": load_user_sequences, "inter": load_inter}
@@ -31,25 +30,9 @@ _PATH = flags.DEFINE_string("path", None, "SR-GNN folder, user-sequence text or 
 _MAX_LEN = flags.DEFINE_integer("max_len", 50, "Prefixes keep their last max_len items.")
 _VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Share of training sessions for validation.")
 _HOT_FRACTION = flags.DEFINE_float("hot_fraction", 0.2, "Share of distinct training items that are hot.")
-_HOT_COUNTING = flags.DEFINE_enum("hot_counting", "clicks", list(HOT_COUNTING_RULES), "How hot items are counted.")
-
-
-def dataset_statistics(data: SessionData) -> dict:
-    """The inspect summary; prefix lengths are over train + valid, before truncation."""
-    train_valid_lengths = np.concatenate([data.train.full_lengths, data.valid.full_lengths])
-    total_count = int(data.item_counts.sum())
-    hot_count = int(data.item_counts[data.hot_mask].sum())
-    return {
-        "num_items": data.num_items,
-        "num_train": len(data.train),
-        "num_valid": len(data.valid),
-        "num_test": len(data.test),
-        "num_train_sessions": data.num_train_sessions,
-        "avg_prefix_len": round(float(train_valid_lengths.mean()), 4) if train_valid_lengths.size else 0.0,
-        "max_prefix_len": int(train_valid_lengths.max(initial=0)),
-        "num_hot_items": data.num_hot_items,
-        "hot_click_share": round(hot_count / total_count, 4) if total_count else 0.0,
-    }
+_HOT_COUNTING = flags.DEFINE_enum(
+    "hot_counting", "clicks", list(HOT_COUNTING_RULES), "Count each train click, or per prefix (authors')."
+)
 
 
 def load_from_flags() -> SessionData:

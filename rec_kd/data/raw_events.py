@@ -78,7 +78,9 @@ def read_events(
         try:
             timestamp = float(row[time_col])
         except ValueError:
-            raise DataError(f"{path}: line {line_number}: timestamp {row[time_col]!r} is not a number") from None
+            raise DataError(
+                f"{path}: line {line_number}: timestamp {row[time_col]!r} is not a number"
+            ) from None
         item = row[item_col].strip()
         if not item:
             raise DataError(f"{path}: line {line_number}: empty item id")

@@ -211,3 +211,25 @@ def check_item_ids(ids: np.ndarray, path: str, what: str) -> None:
     bad = np.flatnonzero((ids < 1) | (ids > INT32_MAX))
     if bad.size:
         raise DataError(f"{path}: {what} has item id {int(ids[bad[0]])}; ids must be in 1..{INT32_MAX}")
+
+
+def dataset_statistics(data: SessionData) -> dict:
+    """The `inspect` summary as a JSON-ready dict.
+
+    Prefix lengths are over train + valid, before truncation; the hot click share is the hot
+    items' part of `item_counts`.
+    """
+    train_valid_lengths = np.concatenate([data.train.full_lengths, data.valid.full_lengths])
+    total_count = int(data.item_counts.sum())
+    hot_count = int(data.item_counts[data.hot_mask].sum())
+    return {
+        "num_items": data.num_items,
+        "num_train": len(data.train),
+        "num_valid": len(data.valid),
+        "num_test": len(data.test),
+        "num_train_sessions": data.num_train_sessions,
+        "avg_prefix_len": round(float(train_valid_lengths.mean()), 4) if train_valid_lengths.size else 0.0,
+        "max_prefix_len": int(train_valid_lengths.max(initial=0)),
+        "num_hot_items": data.num_hot_items,
+        "hot_click_share": round(hot_count / total_count, 4) if total_count else 0.0,
+    }

@@ -123,7 +123,7 @@ def _clip_to_checkable_range(item: int) -> int:
 def _describe(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return f"a {type(value).__name__} of length {len(value)}"
-    return f"a {type(value).__name__}"
+    return f"a value of type {type(value).__name__}"
 
 
 def session_starts(seqs: list, targets: list) -> np.ndarray:

@@ -1,0 +1,140 @@
+"""The teacher/student forward against an independent numpy implementation, and the heads' masks."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rec_kd.compress import sttd
+from rec_kd.models import DistillHeads, SeqRecModel
+
+NUM_ITEMS, DIM, MAX_LEN = 7, 4, 3
+
+
+def np_layer_norm(x, p, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def np_dense(x, p):
+    return x @ p["kernel"] + p.get("bias", 0.0)
+
+
+def np_readout(h, mask, p):
+    """beta_i = w . sigmoid(W1 tanh(h_i) + b1 + W2 m); s = sum mask beta h; m = masked mean."""
+    out = []
+    for hb, mb in zip(h, mask):
+        real = hb[mb]
+        mean = real.mean(0) if len(real) else np.zeros(hb.shape[-1])
+        s = np.zeros(hb.shape[-1])
+        for i in np.nonzero(mb)[0]:
+            gate = np_dense(np.tanh(hb[i]), p["w1"]) + mean @ p["w2_mean"]["kernel"]
+            beta = (1 / (1 + np.exp(-gate))) @ p["w_beta"]["kernel"]
+            s += beta[0] * hb[i]
+        out.append(s)
+    return np.array(out)
+
+
+def np_forward(params, table, items, lengths, num_heads):
+    """One example at a time, loops over positions: embedding -> post-LN block -> readout -> scores."""
+    params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    table = np.asarray(table, np.float64)
+    block = params["block_0"]
+    head_dim = DIM // num_heads
+    sessions = []
+    for row, length in zip(items, lengths):
+        x = np_layer_norm(table[row] + params["position_embedding"][: len(row)], params["input_norm"])
+        q, k, v = (np_dense(x, block[name]) for name in ("query", "key", "value"))
+        attended = np.zeros_like(x)
+        for head in range(num_heads):
+            cols = slice(head * head_dim, (head + 1) * head_dim)
+            for i in range(len(row)):
+                logits = np.array([
+                    q[i, cols] @ k[j, cols] / math.sqrt(head_dim) if (j <= i and j < length) else -10000.0 for j in range(len(row))
+                ])
+                probs = np.exp(logits - logits.max())
+                probs /= probs.sum()
+                attended[i, cols] = probs @ v[:, cols]
+        x = np_layer_norm(x + np_dense(attended, block["attention_out"]), block["attention_norm"])
+        inner = np_dense(x, block["ffn_in"])
+        inner = 0.5 * inner * (1 + np.vectorize(math.erf)(inner / math.sqrt(2)))
+        x = np_layer_norm(x + np_dense(inner, block["ffn_out"]), block["ffn_norm"])
+        mask = np.arange(len(row)) < length
+        sessions.append(np_readout(x[None], mask[None], params["readout"])[0])
+    sessions = np.array(sessions)
+    scores = sessions @ table.T
+    scores[:, 0] = -1e9
+    return sessions, scores
+
+
+ITEMS = np.array([[3, 1, 0], [2, 0, 0], [7, 5, 6]], np.int32)  # right-padded
+LENGTHS = np.array([2, 1, 3], np.int32)
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_teacher_forward_matches_numpy_reference(num_heads):
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, num_heads=num_heads, inner_dim=6, dropout_rate=0.5, max_len=MAX_LEN)
+    params = model.init(jax.random.key(0), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["params"]
+    out = model.apply({"params": params}, jnp.asarray(ITEMS), jnp.asarray(LENGTHS), train=False)
+    sessions, scores = np_forward(params, params["item_embedding"], ITEMS, LENGTHS, num_heads)
+    np.testing.assert_allclose(out["session"], sessions, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["scores"][:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-5)
+    assert np.all(np.asarray(out["scores"][:, 0]) == -1e9)
+
+
+def test_padding_content_and_future_items_do_not_leak():
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN)
+    params = model.init(jax.random.key(1), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
+    changed = ITEMS.copy()
+    changed[0, 2], changed[1, 1:] = 6, [4, 4]  # overwrite padding positions with real ids
+    a = model.apply(params, jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["session"]
+    b = model.apply(params, jnp.asarray(changed), jnp.asarray(LENGTHS))["session"]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # A row with no items (a padding row of a batch) is finite.
+    empty = model.apply(params, jnp.zeros((1, MAX_LEN), jnp.int32), jnp.zeros((1,), jnp.int32))
+    assert np.all(np.isfinite(np.asarray(empty["session"])))
+
+
+def test_student_uses_the_materialised_sttd_table_for_lookup_and_scores():
+    spec = sttd.STTDSpec(item_factors=(3, 3), dim_factors=(2, 2), ranks=(4,), t=2)
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN, sttd_spec=spec)
+    params = model.init(jax.random.key(2), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["params"]
+    assert "item_embedding" not in params
+    table = sttd.materialize(params["sttd_cores"], spec)[: NUM_ITEMS + 1]
+    out = model.apply({"params": params}, jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
+    np.testing.assert_allclose(out["table"], table, atol=1e-6)
+    sessions, scores = np_forward(params, table, ITEMS, LENGTHS, num_heads=1)
+    np.testing.assert_allclose(out["scores"][:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-5)
+
+
+def test_sttd_spec_too_small_for_catalogue_is_an_error():
+    spec = sttd.STTDSpec(item_factors=(2, 2), dim_factors=(2, 2), ranks=(2,), t=2)
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, max_len=MAX_LEN, sttd_spec=spec)
+    with pytest.raises(ValueError, match="need >= 8 rows"):
+        model.init(jax.random.key(0), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
+
+
+def test_heads_recombine_mixed_examples_and_cross_session_vectors_otherwise():
+    hot_mask = jnp.asarray([False, True, True, True, False, False, False, False])
+    batch = {"items": jnp.asarray([[1, 5, 0], [1, 2, 0], [5, 6, 7]]), "lengths": jnp.asarray([2, 2, 3]), "weights": jnp.ones(3)}
+    rng = np.random.default_rng(0)
+    student_table, teacher_table = (jnp.asarray(rng.normal(size=(NUM_ITEMS + 1, DIM)), jnp.float32) for _ in range(2))
+    student_session, teacher_session = (jnp.asarray(rng.normal(size=(3, DIM)), jnp.float32) for _ in range(2))
+    heads = DistillHeads()
+    args = (batch, student_table, teacher_table, student_session, teacher_session, hot_mask)
+    params = heads.init(jax.random.key(0), *args)["params"]
+    out = heads.apply({"params": params}, *args)
+    np.testing.assert_array_equal(out["mixed"], [True, False, False])
+    # Hot-only and cold-only rows: z_S is the teacher's session vector, z_T the student's.
+    for name in ("cl", "pred"):
+        np.testing.assert_allclose(out[f"{name}_student"][1:], teacher_session[1:])
+        np.testing.assert_allclose(out[f"{name}_teacher"][1:], student_session[1:])
+    # The mixed row: MLP_a([hot readout over student table ; cold readout over teacher table]).
+    p = jax.tree.map(np.asarray, params)
+    hot_s = np_readout(np.asarray(student_table)[None, [1, 5]], np.array([[True, False]]), p["hot_student"])
+    cold_t = np_readout(np.asarray(teacher_table)[None, [1, 5]], np.array([[False, True]]), p["cold_teacher"])
+    want = np.concatenate([hot_s, cold_t], -1) @ p["cl_student"]["kernel"]
+    np.testing.assert_allclose(out["cl_student"][0], want[0], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,143 @@
+"""The real `rec_kd.main`, end to end: data parallelism, preemption and resumption, students.
+
+Each run is a subprocess because the fake device count (XLA_FLAGS) is fixed when JAX starts. The
+runs share the persistent compilation cache (.jax_cache), and trained fixtures are shared across
+tests, to keep this file to a few minutes on 2 cores.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+# A short Tmall run: the real data and full catalogue, few examples.
+TMALL_SMOKE = ["--config.data.max_train_examples=600", "--config.data.max_eval_examples=300", "--config.train.num_epochs=1",
+               "--config.train.log_every_steps=1"]
+
+
+def main_env(num_devices: int) -> dict:
+    env = dict(os.environ)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    return env
+
+
+def main_command(config: str, workdir: Path, data_dir: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "rec_kd.main", f"--config={REPO / 'configs' / config}", f"--workdir={workdir}",
+            f"--config.data_dir={data_dir}", *overrides]
+
+
+def run_main(config, workdir, data_dir, *overrides, num_devices=1, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(main_command(config, workdir, data_dir, *overrides), cwd=REPO, env=main_env(num_devices),
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"rec_kd.main failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def train_losses(workdir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss/total"] for line in lines if line["split"] == "train"}
+
+
+def results(workdir: Path) -> dict:
+    return json.loads((workdir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tmall_teacher(tmp_path_factory, data_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("runs") / "tmall_teacher_1dev"
+    run_main("tmall.py:teacher,smoke", workdir, data_dir, *TMALL_SMOKE)
+    return workdir
+
+
+def test_teacher_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
+    four = tmp_path / "tmall_teacher_4dev"
+    run_main("tmall.py:teacher,smoke", four, data_dir, *TMALL_SMOKE, num_devices=4)
+    one_losses, four_losses = train_losses(tmall_teacher), train_losses(four)
+    assert len(one_losses) == 6 and one_losses.keys() == four_losses.keys()  # 600 examples / batch 100
+    for step in one_losses:
+        assert four_losses[step] == pytest.approx(one_losses[step], abs=1e-5), step
+    assert results(tmall_teacher)["num_devices"] == 1 and results(four)["num_devices"] == 4
+    teacher = results(tmall_teacher)
+    assert teacher["stage"] == "teacher" and teacher["num_items"] == 40727 and teacher["smoke"] is True
+    assert teacher["params"]["item_table"] == 40728 * 128
+    for name in ("hr@20", "mrr@20", "ndcg@20"):
+        assert results(four)["test"][name] == pytest.approx(teacher["test"][name], abs=1e-5)
+
+
+def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
+    losses = {}
+    for devices in (1, 4):
+        workdir = tmp_path / f"student_{devices}"
+        run_main("tmall.py:student,smoke", workdir, data_dir, *TMALL_SMOKE, f"--config.teacher_workdir={tmall_teacher}",
+                 num_devices=devices)
+        losses[devices] = train_losses(workdir)
+        student = results(workdir)
+    for step in losses[1]:
+        assert losses[4][step] == pytest.approx(losses[1][step], abs=1e-5), step
+    assert student["stage"] == "student" and student["variant"] == "full"
+    assert student["params"]["item_table"] == 191_160
+    assert student["embedding_compression"] == pytest.approx(40729 * 128 / 191_160)
+    assert set(student["losses"]) == {"rec", "kd", "cl", "pred", "total"}
+    assert student["model_compression"] > 10
+
+
+def test_student_with_a_missing_or_mismatched_teacher_fails_before_training(tmall_teacher, tmp_path, data_dir):
+    missing = run_main("tmall.py:student,smoke", tmp_path / "s1", data_dir, "--config.teacher_workdir=/nonexistent", check=False)
+    assert missing.returncode == 1 and "no teacher config" in missing.stderr
+    other = run_main("retailrocket.py:student,smoke", tmp_path / "s2", data_dir, f"--config.teacher_workdir={tmall_teacher}", check=False)
+    assert other.returncode == 1 and "trained on 'tmall'" in other.stderr
+    assert not (tmp_path / "s2" / "metrics.jsonl").exists()
+
+
+def test_misspelt_override_is_an_error(tmp_path, data_dir):
+    result = run_main("ml_100k.py:teacher,smoke", tmp_path / "w", data_dir, "--config.train.lerning_rate=0.1", check=False)
+    assert result.returncode != 0 and "lerning_rate" in result.stderr
+
+
+def wait_for_train_step(workdir: Path, min_step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before step {min_step}: {process.stderr.read()[-2000:]}")
+        metrics = workdir / "metrics.jsonl"
+        if metrics.exists() and any(step >= min_step for step in train_losses(workdir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no training step >= {min_step} within {timeout} s")
+
+
+def test_sigterm_then_rerun_ends_like_an_uninterrupted_run(tmp_path, data_dir):
+    overrides = ["--config.train.num_epochs=3"]
+    straight = tmp_path / "straight"
+    run_main("ml_100k.py:teacher,smoke", straight, data_dir, *overrides)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(main_command("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides), cwd=REPO,
+                               env=main_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_train_step(interrupted, 40, process)  # mid-way through epoch 2 of 3 (32 steps an epoch)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert not (interrupted / "results.json").exists()
+    rerun = run_main("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides)
+    assert "Resumed from step" in rerun.stderr
+    resumed, expected = results(interrupted), results(straight)
+    assert resumed["resumed_from_step"] >= 40
+    assert expected["resumed_from_step"] is None
+    assert resumed["selected_step"] == expected["selected_step"]
+    for split in ("valid", "test", "test_cold"):
+        for name, value in expected[split].items():
+            assert resumed[split][name] == pytest.approx(value, abs=1e-6), (split, name)
