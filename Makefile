@@ -16,7 +16,7 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet -r requirements.txt
 	# MovieLens-100k lives inside RecBole's wheel; --no-deps keeps PyTorch out.
 	$(PY) -m pip install --quiet --no-deps recbole==1.2.1
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

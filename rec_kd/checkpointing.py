@@ -29,7 +29,13 @@ def manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-    """Saves `state` (arrays) and `meta` (JSON-able) at `step`, blocking until it is on disk."""
+    """Saves `state` (arrays) and `meta` (JSON-able) at `step`, blocking until it is on disk.
+
+    Saving a step again (an epoch-end save right after a periodic one, with a newer meta) replaces
+    it; the previous step stays on disk meanwhile, so a crash in between loses nothing.
+    """
+    if step in checkpoints.all_steps():
+        checkpoints.delete(step)
     checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     checkpoints.wait_until_finished()
 

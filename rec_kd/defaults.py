@@ -139,6 +139,9 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     config.train.eval_every_epochs = 1
     # Metric on valid that selects the step.
     config.train.selection_metric = "hr@20"
+    # After selecting the epoch count on valid, train a fresh model on train + valid for that many
+    # epochs and report it (valid holds the most recent sessions, which matter under drift).
+    config.train.refit_on_valid = False
     # Stop when the selection metric has not improved for this many evaluations (0 = never).
     config.train.early_stop_patience = 3
     # Save a resumable checkpoint every this many steps (and at every epoch end and on SIGTERM).

@@ -5,7 +5,7 @@ misspelt override is an error. Re-running the same command on a workdir continue
 checkpoint. SIGTERM saves a checkpoint and exits 0.
 """
 
-import logging as std_logging
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -19,26 +19,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, log
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _HideLibraryChatter(std_logging.Filter):
-    """Drops Orbax's per-save INFO lines, which would bury the run's own log."""
-
-    def filter(self, record):
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_HideLibraryChatter())
     try:
-        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        command = "python -m rec_kd.main " + shlex.join(sys.argv[1:])
+        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, command)
     except (DataError, train.ConfigError, checkpointing.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     if results.get("preempted"):
         logging.warning("Stopped by SIGTERM at step %d; a checkpoint was saved.", results["step"])
         return
-    print("test (selected on valid):", {name: round(value, 4) for name, value in results["test"].items()})
+    print(f"test ({results['protocol']}):", {name: round(value, 4) for name, value in results["test"].items()})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the global batch, so results do not depend on the number of devices.
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from rec_kd import checkpointing, data as data_lib, evaluation, losses
 from rec_kd.compress import sttd
 from rec_kd.models import DistillHeads, build_model
-from rec_kd.train_logging import MetricWriter
+from rec_kd.train_logging import MetricWriter, quiet_library_logs
 
 
 class ConfigError(ValueError):
@@ -240,6 +241,55 @@ def make_metric_sums_fn(model, ks):
     return metric_sums
 
 
+@dataclasses.dataclass
+class Run:
+    """Everything a training loop or a benchmark needs: the initial state and the jitted steps."""
+
+    model: Any
+    init_state: Any  # () -> a freshly initialised state, replicated (jitted)
+    state: Any
+    train_step: Any  # (state, batch, constants, teacher_params) -> (state, metrics); state donated
+    metric_sums: Any  # (params, batch, constants) -> weighted metric sums
+    constants: dict
+    teacher_params: Any
+
+
+def build_run(config, data: data_lib.SessionData, placement: Placement, teacher: "Teacher | None", steps_per_epoch: int) -> Run:
+    """Initialises the model(s) and optimizer state and jits the steps over the mesh.
+
+    Each step is compiled once per length bucket (the batch's padded width); the batch is sharded
+    on 'data', everything else replicated, and the train state donated.
+    """
+    is_student = config.stage == "student"
+    model = build_model(config, data.num_items)
+    terms = losses.objective_terms(config.distill if is_student else None)
+    heads = DistillHeads(config.model.init_scheme) if is_student else None
+    optimizer = make_optimizer(config, steps_per_epoch)
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    cold_mask = ~data.hot_mask & (np.arange(data.num_items + 1) > 0)
+    constants = placement.replicate({"hot_mask": jnp.asarray(data.hot_mask), "cold_mask": jnp.asarray(cold_mask)})
+
+    def init_state():
+        params = init_params(config, model, heads, init_key)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+    init_state = jax.jit(init_state, out_shardings=placement.replicated)
+    state = init_state()
+    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, losses.weighted_objective(terms), terms)
+    train_step = jax.jit(
+        make_train_step(loss_fn, optimizer, dropout_key),
+        in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated),
+        out_shardings=(placement.replicated, placement.replicated),
+        donate_argnums=(0,),
+    )
+    metric_sums = jax.jit(
+        make_metric_sums_fn(model, evaluation.DEFAULT_KS),
+        in_shardings=(placement.replicated, placement.batch, placement.replicated),
+        out_shardings=placement.replicated,
+    )
+    return Run(model, init_state, state, train_step, metric_sums, constants, teacher.params if teacher else {})
+
+
 # ----------------------------------------------------------------------------------------------
 # Run record: what a checkpoint's meta holds, so a resumed run ends exactly like an unbroken one.
 # ----------------------------------------------------------------------------------------------
@@ -247,10 +297,13 @@ def make_metric_sums_fn(model, ks):
 
 def new_record() -> dict:
     return {
-        "epoch": 0,  # epoch in progress
+        "phase": "select",  # 'select' (train on train, select on valid), then optionally 'refit'
+        "step": 0,  # optimizer steps taken, over both phases
+        "epoch": 0,  # epoch in progress (of the current phase)
         "batch_in_epoch": 0,  # next batch of that epoch
         "history": [],  # one entry per evaluation: step, epoch, valid, test, test_cold, losses
         "best": None,  # the history entry selected on validation
+        "refit_history": [],  # refit phase: one entry per evaluation (test only)
         "evals_since_best": 0,
         "epoch_loss_sums": {},  # running sums of this epoch's training losses
         "epoch_loss_steps": 0,
@@ -258,6 +311,24 @@ def new_record() -> dict:
         "train_seconds": 0.0,
         "finished": False,
     }
+
+
+def update_selection(record: dict, entry: dict, train_config, state, best_checkpoints) -> bool:
+    """Keeps the best-valid evaluation (and its parameters in best/); True when patience runs out.
+
+    With an empty valid split (valid_fraction=0, the authors' setting) the newest evaluation wins.
+    """
+    metric = train_config.selection_metric
+    if record["best"] is None or entry["valid"] is None or entry["valid"][metric] > record["best"]["valid"][metric]:
+        record["best"], record["evals_since_best"] = entry, 0
+        checkpointing.save(best_checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
+    else:
+        record["evals_since_best"] += 1
+    patience = train_config.early_stop_patience
+    if patience and record["evals_since_best"] >= patience:
+        logging.info("No validation improvement in %d evaluations: stopping early.", patience)
+        return True
+    return False
 
 
 def git_commit() -> str:
@@ -275,13 +346,15 @@ def git_commit() -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command: str | None = None) -> dict:
     """Trains the stage named by the config in `workdir` (resuming if it holds a checkpoint).
 
     Returns the results dict also written to workdir/results.json, or {'preempted': True, ...}
     when SIGTERM stopped the run (a checkpoint was saved; rerun the same command to continue).
+    `command` is recorded in results.json as how to reproduce the run (default: this process's argv).
     """
     started = time.time()
+    quiet_library_logs()
     os.makedirs(workdir, exist_ok=True)
     placement = Placement.over_all_devices()
     check_batch_sizes(config, placement.num_devices)
@@ -298,40 +371,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices.",
                  data.name, data.num_items, len(data.train), len(data.valid), len(data.test), steps_per_epoch, placement.num_devices)
 
-    # Models and optimizer.
+    # Models, optimizer and the jitted steps.
     teacher = load_teacher(config, data, placement) if is_student else None
-    model = build_model(config, data.num_items)
-    terms = losses.objective_terms(config.distill if is_student else None)
-    heads = DistillHeads(config.model.init_scheme) if is_student else None
-    optimizer = make_optimizer(config, steps_per_epoch)
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    constants = placement.replicate(
-        {"hot_mask": jnp.asarray(data.hot_mask), "cold_mask": jnp.asarray(~data.hot_mask & (np.arange(data.num_items + 1) > 0))}
-    )
-    teacher_params = teacher.params if teacher else {}
-
-    def init_state():
-        params = init_params(config, model, heads, init_key)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
-
-    state = jax.jit(init_state, out_shardings=placement.replicated)()
-
-    # The jitted steps: compiled once per length bucket (the batch's padded width).
-    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, losses.weighted_objective(terms), terms)
-    train_step = jax.jit(
-        make_train_step(loss_fn, optimizer, dropout_key),
-        in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated),
-        out_shardings=(placement.replicated, placement.replicated),
-        donate_argnums=(0,),
-    )
+    run = build_run(config, data, placement, teacher, steps_per_epoch)
+    state, train_step, metric_sums, constants, teacher_params = run.state, run.train_step, run.metric_sums, run.constants, run.teacher_params
     ks = evaluation.DEFAULT_KS
-    metric_sums = jax.jit(
-        make_metric_sums_fn(model, ks),
-        in_shardings=(placement.replicated, placement.batch, placement.replicated),
-        out_shardings=placement.replicated,
-    )
 
     def evaluate(split):
+        if len(split) == 0:  # e.g. valid_fraction=0: nothing to measure
+            return None, None
         batches = data_lib.eval_batches(split, config.train.eval_batch_size, buckets=buckets)
         return evaluation.evaluate_batches(lambda batch: metric_sums(state["params"], batch, constants), batches, placement.put_batch, ks)
 
@@ -350,19 +398,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def save_latest():
         checkpointing.save(latest, int(state["step"]), state, record)
 
-    # The loop.
+    # The loop. Phase 'select' trains on train and selects on valid; with train.refit_on_valid, phase
+    # 'refit' then trains a fresh model on train + valid for the selected number of epochs.
+    train_and_valid = data_lib.concatenate_splits(data.train, data.valid) if config.train.refit_on_valid else None
     with checkpointing.PreemptionFlag() as preemption:
         while not record["finished"]:
+            refit = record["phase"] == "refit"
             epoch = record["epoch"]
-            batches = data_lib.train_batches(data.train, config.train.batch_size, data_seed=config.data_seed, epoch=epoch, buckets=buckets)
+            num_epochs = record["best"]["epoch"] if refit else config.train.num_epochs
+            split = train_and_valid if refit else data.train
+            batches = data_lib.train_batches(split, config.train.batch_size, data_seed=config.data_seed, epoch=epoch, buckets=buckets)
             pending, epoch_started = [], time.time()
-            progress = writer.progress(len(batches), initial=record["batch_in_epoch"], desc=f"epoch {epoch}")
+            progress = writer.progress(len(batches), initial=record["batch_in_epoch"], desc=f"{'refit ' if refit else ''}epoch {epoch}")
             for index in range(record["batch_in_epoch"], len(batches)):
                 batch = batches[index]
                 state, metrics = train_step(state, placement.put_batch(batch), constants, teacher_params)
                 pending.append((metrics, int(batch["weights"].sum())))
-                record["batch_in_epoch"] = index + 1
-                step = index + 1 + epoch * len(batches)
+                record["batch_in_epoch"], record["step"] = index + 1, record["step"] + 1
+                step = record["step"]
                 if len(pending) >= config.train.log_every_steps or index + 1 == len(batches):
                     record["train_seconds"] += time.time() - epoch_started
                     epoch_started = time.time()
@@ -382,33 +435,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     return {"preempted": True, "step": step}
             progress.close()
 
-            # End of epoch: evaluate, select on validation, checkpoint.
+            # End of epoch: evaluate, select on validation (select phase), checkpoint.
             record["epoch"], record["batch_in_epoch"] = epoch + 1, 0
-            is_last_epoch = epoch + 1 >= config.train.num_epochs
+            is_last_epoch = epoch + 1 >= num_epochs
             if (epoch + 1) % config.train.eval_every_epochs == 0 or is_last_epoch:
-                entry = {"step": int(state["step"]), "epoch": epoch + 1}
-                entry["valid"], _ = evaluate(data.valid)
+                entry = {"step": record["step"], "epoch": epoch + 1, "valid": None}
+                if not refit:
+                    entry["valid"], _ = evaluate(data.valid)
                 entry["test"], entry["test_cold"] = evaluate(data.test)
-                steps = max(record["epoch_loss_steps"], 1)
-                entry["losses"] = {name: value / steps for name, value in record["epoch_loss_sums"].items()}
+                entry["losses"] = {name: value / max(record["epoch_loss_steps"], 1) for name, value in record["epoch_loss_sums"].items()}
                 writer.log_eval(entry)
-                record["history"].append(entry)
-                metric = config.train.selection_metric
-                if record["best"] is None or entry["valid"][metric] > record["best"]["valid"][metric]:
-                    record["best"], record["evals_since_best"] = entry, 0
-                    checkpointing.save(best_checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
-                else:
-                    record["evals_since_best"] += 1
-                patience = config.train.early_stop_patience
-                if patience and record["evals_since_best"] >= patience:
-                    logging.info("No validation improvement in %d evaluations: stopping early.", patience)
-                    is_last_epoch = True
+                record["refit_history" if refit else "history"].append(entry)
+                if not refit:
+                    is_last_epoch |= update_selection(record, entry, config.train, state, best_checkpoints)
             record["epoch_loss_sums"], record["epoch_loss_steps"] = {}, 0
-            record["finished"] = is_last_epoch
+            if is_last_epoch and refit:
+                # The refit model is the one to ship and to distil from: it replaces best/.
+                checkpointing.save(best_checkpoints, record["step"], {"params": state["params"]["model"]}, {"refit": True})
+                record["finished"] = True
+            elif is_last_epoch and config.train.refit_on_valid:
+                logging.info("Selected epoch %d on valid; refitting a fresh model on train + valid.", record["best"]["epoch"])
+                state = dict(run.init_state(), step=jnp.asarray(record["step"], jnp.int32))
+                record.update(phase="refit", epoch=0, batch_in_epoch=0)
+            else:
+                record["finished"] = is_last_epoch
             save_latest()
 
     writer.close()
-    results = build_results(config, data, record, state, teacher, resumed_from_step, placement, time.time() - started)
+    results = build_results(config, data, record, state, teacher, resumed_from_step, placement, time.time() - started, command)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
@@ -424,10 +478,20 @@ def table_param_count(model_params) -> int:
     return count_params({key: value for key, value in model_params.items() if key in ("item_embedding", "sttd_cores")})
 
 
-def build_results(config, data, record, state, teacher, resumed_from_step, placement, wall_s) -> dict:
-    best = record["best"]
-    if best is None:
+def protocol_name(refit: bool, selected: dict) -> str:
+    if refit:
+        return "refit on train+valid for the epochs selected on valid"
+    return "selected on valid" if selected["valid"] is not None else "last epoch (no valid split)"
+
+
+def build_results(config, data, record, state, teacher, resumed_from_step, placement, wall_s, command) -> dict:
+    selected = record["best"]
+    if selected is None:
         raise RuntimeError("training finished without any evaluation; set train.eval_every_epochs <= train.num_epochs")
+    refit = record["phase"] == "refit"
+    # With a refit, the reported model is the one trained on train + valid for the selected epochs.
+    reported = record["refit_history"][-1] if refit else selected
+    history = record["refit_history"] if refit else record["history"]
     params = state["params"]
     inference_total = count_params(params["model"])
     item_table = table_param_count(params["model"])
@@ -440,26 +504,29 @@ def build_results(config, data, record, state, teacher, resumed_from_step, place
         "data_seed": config.data_seed,
         "num_devices": placement.num_devices,
         "smoke": bool(config.smoke),
-        "selected_step": best["step"],
-        "selected_epoch": best["epoch"],
+        "protocol": protocol_name(refit, selected),
+        "selected_step": reported["step"],
+        "selected_epoch": selected["epoch"],
         "resumed_from_step": resumed_from_step,
-        "valid": best["valid"],
-        "test": best["test"],
-        "test_cold": best["test_cold"],
+        "valid": selected["valid"],
+        "test": reported["test"],
+        "test_cold": reported["test_cold"],
         "paper_protocol_test": {
             "note": "best test value of each metric over all evaluated epochs (the authors' protocol; selected on test)",
-            **{name: max(entry["test"][name] for entry in record["history"]) for name in best["test"]},
+            **{name: max(entry["test"][name] for entry in history) for name in reported["test"]},
         },
         "params": {"total": count_params(params), "item_table": item_table, "inference_total": inference_total},
         "embedding_compression": None,
         "model_compression": None,
         "bytes": {"params_fp32": 4 * inference_total},
-        "losses": {name.split("/", 1)[1]: value for name, value in best["losses"].items() if name.startswith("loss/")},
+        "losses": {name.split("/", 1)[1]: value for name, value in reported["losses"].items() if name.startswith("loss/")},
         "wall_s": wall_s,
         "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
-        "command": " ".join(sys.argv),
+        "command": command or shlex.join(sys.argv),
         "commit": git_commit(),
     }
+    if refit:
+        results["select_phase"] = {"step": selected["step"], "epoch": selected["epoch"], "test": selected["test"], "test_cold": selected["test_cold"]}
     if config.stage == "student":
         dim = config.model.hidden_dim
         dense_rows = data.num_items + 1 if config.table.kind == "dense" else int(np.prod(config.table.item_factors))

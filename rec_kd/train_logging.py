@@ -5,6 +5,7 @@ queuing work while the device computes. Non-finite losses stop the run at the ne
 """
 
 import json
+import logging as std_logging
 import math
 import os
 import time
@@ -14,6 +15,19 @@ import numpy as np
 import tqdm
 from absl import logging
 from tensorboardX import SummaryWriter
+
+
+class _HideOrbaxInfo(std_logging.Filter):
+    """Drops Orbax's INFO lines (a dozen per save), which would bury the run's own log."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _HideOrbaxInfo) for f in handler.filters):
+        handler.addFilter(_HideOrbaxInfo())
 
 
 class MetricWriter:
@@ -64,9 +78,12 @@ class MetricWriter:
 
     def log_eval(self, entry: dict) -> None:
         for split in ("valid", "test", "test_cold"):
+            if entry[split] is None:  # no validation in the refit phase (valid is training data)
+                continue
             self._write({"step": entry["step"], "epoch": entry["epoch"], "split": split, **entry[split]}, entry["step"], split)
-        logging.info("epoch %d step %d: valid hr@20 %.4f mrr@20 %.4f | test hr@20 %.4f mrr@20 %.4f", entry["epoch"], entry["step"],
-                     entry["valid"]["hr@20"], entry["valid"]["mrr@20"], entry["test"]["hr@20"], entry["test"]["mrr@20"])
+        valid = f"valid hr@20 {entry['valid']['hr@20']:.4f} mrr@20 {entry['valid']['mrr@20']:.4f}" if entry["valid"] else "no valid split"
+        logging.info("epoch %d step %d: %s | test hr@20 %.4f mrr@20 %.4f", entry["epoch"], entry["step"], valid,
+                     entry["test"]["hr@20"], entry["test"]["mrr@20"])
         self._last_log = time.time()
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from rec_kd.data.batching import (
 from rec_kd.data.datasets import DATASET_NAMES, load_dataset
 from rec_kd.data.raw_events import load_raw_events
 from rec_kd.data.sequences import load_inter, load_user_sequences, movielens_100k_path
-from rec_kd.data.session_data import DataError, SessionData, Split, dataset_statistics
+from rec_kd.data.session_data import DataError, SessionData, Split, concatenate_splits, dataset_statistics
 from rec_kd.data.srgnn import load_srgnn
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SessionData",
     "Split",
     "bucket_lengths",
+    "concatenate_splits",
     "dataset_statistics",
     "eval_batches",
     "load_dataset",

@@ -1,0 +1,1 @@
+"""Launchers: the demo, reproduction, benchmarks and sweeps (run from the repository root)."""

@@ -1,0 +1,121 @@
+"""Training and evaluation throughput at the paper's Tmall shapes; prints one JSON object.
+
+  python -m launch.bench --data_dir=../shared/data [--stages=teacher,student] [--batch_sizes=100,256,1024]
+
+Training: examples/s of the real jitted train step (optimizer included, fp32), over batches drawn
+from Tmall's training split in the trainer's own order (so the real length mix and buckets), with
+compilation excluded: every bucket's step is compiled and run once before the clock starts. The
+student runs the full objective (teacher forward, student forward, rec + KD + contrastive +
+predictive) against a randomly initialised teacher, which costs the same as a trained one.
+Evaluation: seconds for full-ranking metrics over the whole Tmall test split, compiled first.
+Peak memory: the device's peak bytes in use where the backend reports it, else the process's
+peak RSS. Figures are machine-dependent: record the machine and date beside them.
+"""
+
+import json
+import platform
+import resource
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from rec_kd import data as data_lib, defaults, evaluation, train
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding tmall/.")
+_DATASET = flags.DEFINE_string("dataset", "tmall", "Dataset whose shapes are benchmarked.")
+_STAGES = flags.DEFINE_list("stages", ["teacher", "student"], "Which train steps to time.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100", "256", "1024"], "Global batch sizes to time.")
+_SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed training seconds per (stage, batch size), at least.")
+_EVAL = flags.DEFINE_bool("eval", True, "Also time full-ranking evaluation of the test split.")
+
+
+def random_teacher(config, data, placement) -> train.Teacher:
+    teacher_config = defaults.get_config(config.dataset, "teacher")
+    model = train.build_model(teacher_config, data.num_items)
+    params = jax.jit(lambda: train.init_model_params(model, config.data.max_len, jax.random.key(1)), out_shardings=placement.replicated)()
+    return train.Teacher(model=model, params=params, step=0, workdir="(random init)")
+
+
+def time_training(stage: str, batch_size: int, data, placement) -> dict:
+    config = defaults.get_config(data.name, stage)
+    config.train.batch_size = batch_size
+    buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
+    batches = data_lib.train_batches(data.train, batch_size, data_seed=0, epoch=0, buckets=buckets)
+    teacher = random_teacher(config, data, placement) if stage == "student" else None
+    run = train.build_run(config, data, placement, teacher, len(batches))
+    state = run.state
+
+    def step(state, batch):
+        return run.train_step(state, placement.put_batch(batch), run.constants, run.teacher_params)
+
+    # Compile every bucket's step before timing.
+    compile_started = time.perf_counter()
+    for width in sorted({batch["items"].shape[1] for batch in batches}):
+        state, metrics = step(state, next(b for b in batches if b["items"].shape[1] == width))
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - compile_started
+
+    examples, started, index = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < _SECONDS.value and index < len(batches):
+        state, metrics = step(state, batches[index])
+        examples += int(batches[index]["weights"].sum())
+        index += 1
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - started
+    return {"stage": stage, "batch_size": batch_size, "steps": index, "examples": examples, "seconds": seconds,
+            "examples_per_s": examples / seconds, "compile_and_warmup_s": compile_seconds}
+
+
+def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:
+    config = defaults.get_config(data.name, "teacher")
+    buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
+    run = train.build_run(config, data, placement, None, 1)
+
+    def evaluate_split():
+        batches = data_lib.eval_batches(data.test, eval_batch_size, buckets=buckets)
+        return evaluation.evaluate_batches(lambda b: run.metric_sums(run.state["params"], b, run.constants), batches, placement.put_batch)
+
+    evaluate_split()  # compile every bucket
+    started = time.perf_counter()
+    evaluate_split()
+    seconds = time.perf_counter() - started
+    return {"split": "test", "examples": len(data.test), "seconds": seconds, "examples_per_s": len(data.test) / seconds,
+            "eval_batch_size": eval_batch_size}
+
+
+def peak_memory() -> dict:
+    stats = jax.devices()[0].memory_stats() or {}
+    memory = {"process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if "peak_bytes_in_use" in stats:
+        memory["device_peak_bytes_in_use"] = stats["peak_bytes_in_use"]
+    return memory
+
+
+def main(argv):
+    del argv
+    data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value)
+    placement = train.Placement.over_all_devices()
+    report = {
+        "machine": {"backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()], "cpu": platform.processor() or platform.machine(),
+                    "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")},
+        "dataset": data.name,
+        "num_items": data.num_items,
+        "training": [],
+    }
+    for stage in _STAGES.value:
+        for batch_size in (int(size) for size in _BATCH_SIZES.value):
+            report["training"].append(time_training(stage, batch_size, data, placement))
+    for stage in _STAGES.value:
+        rows = [row for row in report["training"] if row["stage"] == stage]
+        best = max(rows, key=lambda row: row["examples_per_s"])
+        report[f"{stage}_best"] = {"batch_size": best["batch_size"], "examples_per_s": best["examples_per_s"]}
+    if _EVAL.value:
+        report["evaluation"] = time_evaluation(data, placement)
+    report["memory"] = peak_memory()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
