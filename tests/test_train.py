@@ -141,3 +141,18 @@ def test_sigterm_then_rerun_ends_like_an_uninterrupted_run(tmp_path, data_dir):
     for split in ("valid", "test", "test_cold"):
         for name, value in expected[split].items():
             assert resumed[split][name] == pytest.approx(value, abs=1e-6), (split, name)
+
+
+def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_selected_epochs(tmp_path, data_dir):
+    workdir = tmp_path / "refit"
+    run_main("tmall.py:teacher,smoke", workdir, data_dir, "--config.data.max_train_examples=300",
+             "--config.data.max_eval_examples=200", "--config.train.refit_on_valid=True")
+    result = results(workdir)
+    assert result["protocol"] == "refit on train+valid for the epochs selected on valid"
+    selected_epoch = result["selected_epoch"]
+    # Select phase: 2 epochs x 3 batches of 100; refit: selected_epoch x (300 + 200 examples) / 100.
+    assert result["select_phase"]["step"] == 3 * selected_epoch
+    assert result["selected_step"] == 6 + 5 * selected_epoch
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["split"] == "valid"] == [3, 6]  # no valid in the refit
+    assert [line["step"] for line in lines if line["split"] == "test"] == [3, 6] + [6 + 5 * e for e in range(1, selected_epoch + 1)]

@@ -1,0 +1,168 @@
+"""Tables and plots from a reproduction root: `python -m launch.report --runs=ROOT --out=DIR`.
+
+Reads every ROOT/DATASET/RUN/results.json (written by `launch/reproduce.py` runs) and writes
+DIR/results.md (metric tables, mean ± std over seeds, selected on validation; the authors' protocol
+in a separate table), DIR/img/*.png (accuracy vs compression; validation curves, teacher vs
+student) and copies of the results in DIR/results/. Rows are keyed by variant and compression.
+"""
+
+import collections
+import glob
+import json
+import os
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from rec_kd import evaluation  # noqa: E402
+
+_RUNS = flags.DEFINE_string("runs", None, "Reproduction root (ROOT/DATASET/RUN/results.json).")
+_OUT = flags.DEFINE_string("out", None, "Output folder: results.md, img/, results/.")
+_PREAMBLE = flags.DEFINE_string("preamble", None, "Optional markdown file placed at the top of results.md.")
+flags.mark_flags_as_required(["runs", "out"])
+
+METRICS = evaluation.metric_names()
+COLD_METRICS = ("hr@20", "mrr@20")
+
+
+def load_runs(root: str) -> list[dict]:
+    runs = []
+    for path in sorted(glob.glob(os.path.join(root, "*", "*", "results.json"))):
+        with open(path) as f:
+            result = json.load(f)
+        result["_run"] = os.path.basename(os.path.dirname(path))
+        result["_dir"] = os.path.dirname(path)
+        runs.append(result)
+    return runs
+
+
+def row_key(result: dict) -> tuple[str, str]:
+    """(variant, compression label): seeds of the same configuration share a row."""
+    compression = result["embedding_compression"]
+    return result["variant"], "1x" if compression is None else f"{compression:.1f}x"
+
+
+def mean_std(values: list[float]) -> str:
+    values = np.asarray(values, np.float64)
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
+def grouped(runs: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
+    by_dataset = collections.defaultdict(lambda: collections.defaultdict(list))
+    for result in runs:
+        by_dataset[result["dataset"]][row_key(result)].append(result)
+    return by_dataset
+
+
+def metrics_table(rows: dict[tuple, list[dict]], split: str) -> list[str]:
+    header = ["variant", "emb. compression", "seeds", *METRICS, *(f"cold {m}" for m in COLD_METRICS), "params (inference)",
+              "model compression", "bytes fp32"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (variant, compression), results in sorted(rows.items(), key=lambda kv: (kv[0][0] != "teacher", -len(kv[1]), kv[0])):
+        first = results[0]
+        model_compression = first["model_compression"]
+        cells = [variant, compression, str(len(results)), *(mean_std([r[split][m] for r in results]) for m in METRICS)]
+        cells += [mean_std([r["test_cold"][m] for r in results]) for m in COLD_METRICS] if split == "test" else ["", ""]
+        cells += [f"{first['params']['inference_total']:,}", f"{model_compression:.2f}x" if model_compression else "",
+                  f"{first['bytes']['params_fp32']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def valid_curve(run_dir: str) -> tuple[list[int], list[float]]:
+    epochs, values = [], []
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if record["split"] == "valid":
+                    epochs.append(record["epoch"])
+                    values.append(record["hr@20"])
+    return epochs, values
+
+
+def plot_accuracy_vs_compression(dataset: str, rows, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (variant, _), results in rows.items():
+        if variant == "teacher":
+            ax.axhline(np.mean([r["test"]["hr@20"] for r in results]), color="k", linestyle="--", label="teacher")
+            continue
+        x = results[0]["embedding_compression"]
+        ys = [r["test"]["hr@20"] for r in results]
+        ax.errorbar([x], [np.mean(ys)], yerr=[np.std(ys)] if len(ys) > 1 else None, marker="o", label=variant, capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("item-table compression (x)")
+    ax.set_ylabel("test HR@20 (selected on valid)")
+    ax.set_title(f"{dataset}: accuracy vs compression")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_valid_curves(dataset: str, rows, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (variant, compression), results in sorted(rows.items()):
+        if variant not in ("teacher", "full"):
+            continue
+        for result in results:
+            epochs, values = valid_curve(result["_dir"])
+            if epochs:
+                ax.plot(epochs, values, marker=".", label=f"{variant} {compression} s{result['seed']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid HR@20")
+    ax.set_title(f"{dataset}: validation curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str:
+    os.makedirs(os.path.join(out, "img"), exist_ok=True)
+    os.makedirs(os.path.join(out, "results"), exist_ok=True)
+    lines = [preamble.rstrip() + "\n"] if preamble else []
+    lines += ["# Results", "", "Generated by `python -m launch.report`; every run's command and commit are listed below its table.", ""]
+    for dataset, rows in sorted(grouped(runs).items()):
+        lines += [f"## {dataset}", "", "Test metrics at the step selected on validation (mean ± std over seeds).", ""]
+        lines += metrics_table(rows, "test")
+        lines += ["", "Authors' protocol (the best test value of each metric over epochs; selected on test):", ""]
+        lines += metrics_table(rows, "paper_protocol_test")
+        for kind, plot in (("compression", plot_accuracy_vs_compression), ("valid_curves", plot_valid_curves)):
+            name = f"{dataset}_{kind}.png"
+            plot(dataset, rows, os.path.join(out, "img", name))
+            lines += ["", f"![{dataset} {kind}](img/{name})"]
+        lines += ["", "Runs:", ""]
+        for results in rows.values():
+            for result in results:
+                copy_name = f"{dataset}_{result['_run']}.json"
+                shutil.copyfile(os.path.join(result["_dir"], "results.json"), os.path.join(out, "results", copy_name))
+                lines.append(f"- [{result['_run']}](results/{copy_name}): commit `{result['commit']}`, "
+                             f"{result['num_devices']} device(s), {result['wall_s']:.0f} s: `{result['command']}`")
+        lines.append("")
+    text = "\n".join(lines)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv):
+    del argv
+    runs = load_runs(_RUNS.value)
+    if not runs:
+        raise app.UsageError(f"no results.json under {_RUNS.value}/*/*/")
+    preamble = open(_PREAMBLE.value).read() if _PREAMBLE.value else None
+    write_report(runs, _OUT.value, preamble)
+    print(f"wrote {os.path.join(_OUT.value, 'results.md')} from {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,151 @@
+"""Reproduce OD-Rec's grid: teachers, students at three compressions, seeds, ablations. Resumable.
+
+  python -m launch.reproduce --root=/tmp/odrec --data_dir=../shared/data            # the whole grid
+  python -m launch.reproduce --root=/tmp/odrec_smoke --data_dir=../shared/data --smoke  # minutes, on slices
+  python -m launch.reproduce --root=... --datasets=tmall --seeds=0 --rows=teacher,main,ce
+
+Every run is an ordinary `python -m rec_kd.main` command in its own workdir, ROOT/DATASET/ROW_sSEED;
+a finished run (results.json present) is skipped and an interrupted one resumes, so rerunning the
+same command continues the grid. Nothing is written into the repository. `launch/report.py` turns
+ROOT into tables and plots.
+
+Rows (students distil the dataset's seed-0 teacher):
+  teacher   SASRec
+  main      STTD at the paper's setting (Tmall ~27x, RetailRocket ~31x), full objective, every seed
+  x100      STTD at the main factors, the rank nearest 100x
+  x300      STTD K=3, the largest equal rank giving >= 300x
+  ce, kd, kd_cl   objective ablations at the main setting (no distillation; soft targets; + contrastive)
+  tt        plain TT (t = 1) at the largest rank not above the main setting's parameter count
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+from absl import app, flags, logging
+
+from rec_kd import defaults
+from rec_kd.compress import sttd
+from rec_kd.data import load_dataset
+
+ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt")
+SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
+
+_ROOT = flags.DEFINE_string("root", None, "Folder for every run's workdir (outside the repository).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding the dataset folders.")
+_DATASETS = flags.DEFINE_list("datasets", ["tmall", "retailrocket"], "Datasets to run.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the main student row.")
+_ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {ROWS}.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Run the whole grid on small slices of the data (minutes on a CPU).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+flags.mark_flag_as_required("root")
+
+# Smoke runs: fewer examples than the trainer's own smoke slice, so the whole grid takes minutes.
+SMOKE_OVERRIDES = ("--config.data.max_train_examples=600", "--config.data.max_eval_examples=300")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    row: str
+    seed: int
+    config_arg: str  # the words after ':' in --config
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}_s{self.seed}"
+
+
+def table_overrides(spec: sttd.STTDSpec) -> tuple[str, ...]:
+    def tuple_flag(values):
+        return "(" + ",".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
+
+    return (f"--config.table.item_factors={tuple_flag(spec.item_factors)}", f"--config.table.dim_factors={tuple_flag(spec.dim_factors)}",
+            f"--config.table.ranks={tuple_flag(spec.ranks)}", f"--config.table.t={spec.t}")
+
+
+def main_spec(dataset: str, num_items: int) -> sttd.STTDSpec:
+    """The paper's setting where it has one, else the suggested factorisation at rank 60."""
+    table = defaults.get_config(dataset, "student").table
+    if table.item_factors:
+        return sttd.STTDSpec(tuple(table.item_factors), tuple(table.dim_factors), tuple(table.ranks), table.t)
+    return sttd.suggest_spec(num_items + 1, 128, table.ranks[0], table.t, 2)
+
+
+def x100_spec(main: sttd.STTDSpec) -> sttd.STTDSpec:
+    """The main setting's factors at the rank (a multiple of t) whose compression is nearest 100x."""
+    candidates = [dataclasses.replace(main, ranks=(rank,)) for rank in range(main.t, main.ranks[0] + 1, main.t)]
+    return min(candidates, key=lambda spec: abs(sttd.compression_ratio(spec) - 100))
+
+
+def x300_spec(num_rows: int, dim: int = 128) -> sttd.STTDSpec:
+    """Three cores with the largest even rank whose compression is still >= 300x."""
+    best = None
+    for rank in range(2, 65, 2):
+        spec = sttd.suggest_spec(num_rows, dim, rank, 2, 3)
+        if sttd.compression_ratio(spec) >= 300:
+            best = spec
+    if best is None:
+        raise ValueError(f"no 3-core STTD of {num_rows} rows reaches 300x")
+    return best
+
+
+def tt_spec(main: sttd.STTDSpec) -> sttd.STTDSpec:
+    """t = 1 at the largest rank whose parameter count does not exceed the main setting's."""
+    candidates = [dataclasses.replace(main, ranks=(rank,), t=1) for rank in range(1, main.ranks[0] + 1)]
+    return max((spec for spec in candidates if sttd.num_params(spec) <= sttd.num_params(main)), key=sttd.num_params)
+
+
+def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, root: str) -> list[RunSpec]:
+    main = main_spec(dataset, num_items)
+    tables = {"main": main, "x100": x100_spec(main), "x300": x300_spec(num_items + 1), "ce": main, "kd": main, "kd_cl": main,
+              "tt": tt_spec(main)}
+    variants = {"main": "full", "x100": "full", "x300": "full", "ce": "ce", "kd": "kd", "kd_cl": "kd_cl", "tt": "tt"}
+    teacher_dir = os.path.join(root, dataset, "teacher_s0")
+    common = (f"--config.data_dir={data_dir}",) + (SMOKE_OVERRIDES if smoke else ())
+    runs = []
+    for row in rows:
+        for seed in (seeds if row == "main" else [0]):
+            words = ["teacher"] if row == "teacher" else ["student", variants[row]]
+            overrides = common + (f"--config.seed={seed}",)
+            if row != "teacher":
+                overrides += (f"--config.teacher_workdir={teacher_dir}",) + table_overrides(tables[row])
+            runs.append(RunSpec(dataset, row, seed, ",".join(words + (["smoke"] if smoke else [])), overrides))
+    return runs
+
+
+def command(run: RunSpec, root: str) -> list[str]:
+    config_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{run.dataset.replace('-', '_')}.py")
+    workdir = os.path.join(root, run.dataset, run.name)
+    return [sys.executable, "-m", "rec_kd.main", f"--config={config_file}:{run.config_arg}", f"--workdir={workdir}", *run.overrides]
+
+
+def main(argv):
+    del argv
+    unknown = set(_ROWS.value) - set(ROWS)
+    if unknown:
+        raise app.UsageError(f"unknown rows {sorted(unknown)}; expected some of {ROWS}")
+    rows = [row for row in ROWS if row in _ROWS.value]  # teachers first
+    root = os.path.abspath(_ROOT.value)
+    for dataset in _DATASETS.value:
+        num_items = load_dataset(dataset, _DATA_DIR.value).num_items
+        for run in grid(dataset, num_items, rows, [int(s) for s in _SEEDS.value], _SMOKE.value, _DATA_DIR.value, root):
+            cmd = command(run, root)
+            if _DRY_RUN.value:
+                print(" ".join(cmd))
+                continue
+            if os.path.exists(os.path.join(root, run.dataset, run.name, "results.json")):
+                logging.info("%s/%s: finished, skipped.", run.dataset, run.name)
+                continue
+            logging.info("%s/%s: %s", run.dataset, run.name, " ".join(cmd))
+            result = subprocess.run(cmd)
+            if result.returncode != 0:
+                sys.exit(f"{run.dataset}/{run.name} failed with exit code {result.returncode}; rerun to resume")
+            if not os.path.exists(os.path.join(root, run.dataset, run.name, "results.json")):
+                sys.exit(f"{run.dataset}/{run.name} was stopped (SIGTERM); rerun the same command to continue the grid")
+
+
+if __name__ == "__main__":
+    app.run(main)

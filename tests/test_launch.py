@@ -1,0 +1,43 @@
+"""launch/reproduce.py --smoke and launch/report.py, end to end, into a temporary folder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch import report
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
+    root, out = tmp_path / "runs", tmp_path / "report"
+    env_cmd = [sys.executable, "-m", "launch.reproduce", f"--root={root}", f"--data_dir={data_dir}", "--smoke", "--datasets=tmall",
+               "--seeds=0,1", "--rows=teacher,main,tt"]
+    subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+    runs = sorted(path.parent.name for path in root.glob("tmall/*/results.json"))
+    assert runs == ["main_s0", "main_s1", "teacher_s0", "tt_s0"]
+    # Rerunning skips finished runs instead of training again.
+    again = subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
+    assert again.stderr.count("finished, skipped") == 4
+
+    text = report.write_report(report.load_runs(str(root)), str(out))
+    assert (out / "results.md").read_text() == text
+    teacher = json.loads((root / "tmall" / "teacher_s0" / "results.json").read_text())
+    tt = json.loads((root / "tmall" / "tt_s0" / "results.json").read_text())
+    mains = [json.loads((root / "tmall" / f"main_s{s}" / "results.json").read_text()) for s in (0, 1)]
+    teacher_row = next(line for line in text.splitlines() if line.startswith("| teacher |"))
+    assert f"{teacher['test']['hr@20']:.4f}" in teacher_row and f"{teacher['params']['inference_total']:,}" in teacher_row
+    tt_row = next(line for line in text.splitlines() if line.startswith("| tt |"))
+    assert f"{tt['test']['mrr@20']:.4f}" in tt_row and tt["params"]["item_table"] == 4632 * 41  # t = 1, rank 41
+    main_rows = [line for line in text.splitlines() if line.startswith("| full | 27.3x | 2 |")]
+    assert len(main_rows) == 2  # selected-on-valid table and the authors'-protocol table
+    values = [m["test"]["hr@20"] for m in mains]
+    mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
+    assert f"{mean:.4f} ± {std:.4f}" in main_rows[0]
+    for name in ("tmall_compression.png", "tmall_valid_curves.png"):
+        assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "results").iterdir()) == [f"tmall_{r}.json" for r in runs]
