@@ -310,6 +310,7 @@ def new_record() -> dict:
         "train_examples": 0,
         "train_seconds": 0.0,
         "finished": False,
+        "commits": [],  # the code version of every process that trained this run, in order
     }
 
 
@@ -387,11 +388,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command:
     latest = checkpointing.manager(os.path.join(workdir, "checkpoints", "latest"), max_to_keep=2)
     best_checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
     record, resumed_from_step = new_record(), None
+    commit = git_commit()  # now, before any later checkout can change the files on disk
     restored = checkpointing.restore_latest(latest, checkpointing.abstract_like(state))
     if restored is not None:
         state, record = restored
         resumed_from_step = int(state["step"])
         logging.info("Resumed from step %d (epoch %d, batch %d).", resumed_from_step, record["epoch"], record["batch_in_epoch"])
+    record.setdefault("commits", [])  # runs started before this field existed
+    if not record["commits"] or record["commits"][-1] != commit:
+        record["commits"].append(commit)
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
 
@@ -523,7 +528,8 @@ def build_results(config, data, record, state, teacher, resumed_from_step, place
         "wall_s": wall_s,
         "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
         "command": command or shlex.join(sys.argv),
-        "commit": git_commit(),
+        "commit": record["commits"][0],
+        "commits": record["commits"],
     }
     if refit:
         results["select_phase"] = {"step": selected["step"], "epoch": selected["epoch"], "test": selected["test"], "test_cold": selected["test_cold"]}
