@@ -35,7 +35,7 @@ def random_teacher(config, data, placement) -> train.Teacher:
     teacher_config = defaults.get_config(config.dataset, "teacher")
     model = train.build_model(teacher_config, data.num_items)
     params = jax.jit(lambda: train.init_model_params(model, config.data.max_len, jax.random.key(1)), out_shardings=placement.replicated)()
-    return train.Teacher(model=model, params=params, step=0, workdir="(random init)")
+    return train.Teacher(model=model, params=params, step=0, workdir="(random init)", config=teacher_config)
 
 
 def time_training(stage: str, batch_size: int, data, placement) -> dict:

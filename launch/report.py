@@ -41,10 +41,18 @@ def load_runs(root: str) -> list[dict]:
     return runs
 
 
-def row_key(result: dict) -> tuple[str, str]:
-    """(variant, compression label): seeds of the same configuration share a row."""
+PROTOCOL_LABELS = {
+    "selected on valid": "valid-selected",
+    "refit on train+valid for the epochs selected on valid": "refit",
+    "last epoch (no valid split)": "all sessions, last epoch",
+}
+
+
+def row_key(result: dict) -> tuple[str, str, str]:
+    """(variant, compression label, protocol): seeds of the same configuration share a row."""
     compression = result["embedding_compression"]
-    return result["variant"], "1x" if compression is None else f"{compression:.1f}x"
+    protocol = PROTOCOL_LABELS.get(result.get("protocol", "selected on valid"), result.get("protocol"))
+    return result["variant"], "1x" if compression is None else f"{compression:.1f}x", protocol
 
 
 def mean_std(values: list[float]) -> str:
@@ -62,13 +70,13 @@ def grouped(runs: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
 
 
 def metrics_table(rows: dict[tuple, list[dict]], split: str) -> list[str]:
-    header = ["variant", "emb. compression", "seeds", *METRICS, *(f"cold {m}" for m in COLD_METRICS), "params (inference)",
+    header = ["variant", "emb. compression", "protocol", "seeds", *METRICS, *(f"cold {m}" for m in COLD_METRICS), "params (inference)",
               "model compression", "bytes fp32"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (variant, compression), results in sorted(rows.items(), key=lambda kv: (kv[0][0] != "teacher", -len(kv[1]), kv[0])):
+    for (variant, compression, protocol), results in sorted(rows.items(), key=lambda kv: (kv[0][0] != "teacher", -len(kv[1]), kv[0])):
         first = results[0]
         model_compression = first["model_compression"]
-        cells = [variant, compression, str(len(results)), *(mean_std([r[split][m] for r in results]) for m in METRICS)]
+        cells = [variant, compression, protocol, str(len(results)), *(mean_std([r[split][m] for r in results]) for m in METRICS)]
         cells += [mean_std([r["test_cold"][m] for r in results]) for m in COLD_METRICS] if split == "test" else ["", ""]
         cells += [f"{first['params']['inference_total']:,}", f"{model_compression:.2f}x" if model_compression else "",
                   f"{first['bytes']['params_fp32']:,}"]
@@ -91,13 +99,13 @@ def valid_curve(run_dir: str) -> tuple[list[int], list[float]]:
 
 def plot_accuracy_vs_compression(dataset: str, rows, path: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for (variant, _), results in rows.items():
+    for (variant, _, protocol), results in rows.items():
         if variant == "teacher":
-            ax.axhline(np.mean([r["test"]["hr@20"] for r in results]), color="k", linestyle="--", label="teacher")
+            ax.axhline(np.mean([r["test"]["hr@20"] for r in results]), color="k", linestyle="--", label=f"teacher ({protocol})")
             continue
         x = results[0]["embedding_compression"]
         ys = [r["test"]["hr@20"] for r in results]
-        ax.errorbar([x], [np.mean(ys)], yerr=[np.std(ys)] if len(ys) > 1 else None, marker="o", label=variant, capsize=3)
+        ax.errorbar([x], [np.mean(ys)], yerr=[np.std(ys)] if len(ys) > 1 else None, marker="o", label=f"{variant} ({protocol})", capsize=3)
     ax.set_xscale("log")
     ax.set_xlabel("item-table compression (x)")
     ax.set_ylabel("test HR@20 (selected on valid)")
@@ -110,7 +118,7 @@ def plot_accuracy_vs_compression(dataset: str, rows, path: str) -> None:
 
 def plot_valid_curves(dataset: str, rows, path: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for (variant, compression), results in sorted(rows.items()):
+    for (variant, compression, _), results in sorted(rows.items()):
         if variant not in ("teacher", "full"):
             continue
         for result in results:

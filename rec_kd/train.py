@@ -118,13 +118,49 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
 
 @dataclasses.dataclass(frozen=True)
-class Teacher:
-    """A frozen, restored teacher: its model, its best-valid parameters and where they came from."""
+class TrainedModel:
+    """A restored model: its module, its selected parameters, and where they came from."""
 
     model: Any
     params: Any
     step: int
     workdir: str
+    config: Any
+
+
+# The student's frozen teacher is a trained model restored from the teacher's workdir.
+Teacher = TrainedModel  # noqa: N816 (an alias, read as a class name)
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"{config_path}: no run config; is {workdir} a rec_kd workdir?")
+    with open(config_path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_trained(workdir: str, num_items: int, sharding=None) -> TrainedModel:
+    """The model selected in `workdir` (checkpoints/best: the best-valid or the refit parameters).
+
+    `num_items` must be the catalogue the run trained on; a mismatch is a ConfigError.
+    """
+    config = read_run_config(workdir)
+    model = build_model(config, num_items)
+    abstract = {"params": jax.eval_shape(lambda: init_model_params(model, config.data.max_len, jax.random.key(0)))}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+    best = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
+    step = best.latest_step()
+    if step is None:
+        raise ConfigError(f"{workdir}/checkpoints/best: no selected checkpoint (did the run finish an epoch?)")
+    try:
+        restored, _ = checkpointing.restore_step(best, step, abstract)
+    except Exception as error:
+        raise ConfigError(
+            f"{workdir}/checkpoints/best/{step}: cannot restore a model of {num_items} items "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    return TrainedModel(model=model, params=restored["params"], step=step, workdir=workdir, config=config)
 
 
 def load_teacher(config, data: data_lib.SessionData, placement: Placement) -> Teacher:
@@ -132,33 +168,19 @@ def load_teacher(config, data: data_lib.SessionData, placement: Placement) -> Te
     workdir = config.teacher_workdir
     if not workdir:
         raise ConfigError("the student stage needs --config.teacher_workdir=DIR (a trained teacher's workdir)")
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        raise ConfigError(f"{workdir}/config.json: no teacher config; train a teacher into {workdir} first")
+    teacher_config = read_run_config(workdir)
     config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise ConfigError(f"{config_path}: no teacher config; train a teacher into {workdir} first")
-    with open(config_path) as f:
-        teacher_config = ml_collections.ConfigDict(json.load(f))
     if teacher_config.stage != "teacher":
         raise ConfigError(f"{config_path}: stage is {teacher_config.stage!r}, not a teacher")
     if teacher_config.dataset != config.dataset:
         raise ConfigError(f"{config_path}: teacher was trained on {teacher_config.dataset!r}, the student is on {config.dataset!r}")
     if teacher_config.data.max_len != config.data.max_len:
         raise ConfigError(f"{config_path}: teacher max_len {teacher_config.data.max_len} != student {config.data.max_len}")
-    model = build_model(teacher_config, data.num_items)
-    abstract = {"params": jax.eval_shape(lambda: init_model_params(model, config.data.max_len, jax.random.key(0)))}
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), abstract)
-    best = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
-    step = best.latest_step()
-    if step is None:
-        raise ConfigError(f"{workdir}/checkpoints/best: the teacher has no best-valid checkpoint (did it finish an epoch?)")
-    try:
-        restored, _ = checkpointing.restore_step(best, step, abstract)
-    except Exception as error:
-        raise ConfigError(
-            f"{workdir}/checkpoints/best/{step}: cannot restore the teacher for {data.num_items} items "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from None
-    logging.info("Restored teacher from %s (best-valid step %d).", workdir, step)
-    return Teacher(model=model, params=restored["params"], step=step, workdir=workdir)
+    teacher = load_trained(workdir, data.num_items, placement.replicated)
+    logging.info("Restored teacher from %s (selected step %d).", workdir, teacher.step)
+    return teacher
 
 
 def init_model_params(model, max_len: int, key):

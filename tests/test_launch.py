@@ -33,7 +33,7 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
     assert f"{teacher['test']['hr@20']:.4f}" in teacher_row and f"{teacher['params']['inference_total']:,}" in teacher_row
     tt_row = next(line for line in text.splitlines() if line.startswith("| tt |"))
     assert f"{tt['test']['mrr@20']:.4f}" in tt_row and tt["params"]["item_table"] == 4632 * 41  # t = 1, rank 41
-    main_rows = [line for line in text.splitlines() if line.startswith("| full | 27.3x | 2 |")]
+    main_rows = [line for line in text.splitlines() if line.startswith("| full | 27.3x | valid-selected | 2 |")]
     assert len(main_rows) == 2  # selected-on-valid table and the authors'-protocol table
     values = [m["test"]["hr@20"] for m in mains]
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
