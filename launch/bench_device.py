@@ -1,0 +1,164 @@
+"""Phone-like benchmark of exported recommenders: batch 1, one thread, one core.
+
+    python -m launch.bench_device --teacher_workdir=T --student_workdir=S --out_dir=DIR \
+        [--calls=300] [--warmup=30] [--cpu=0] [--eval_examples=N]
+
+Exports (into out_dir, reusing files already there) the teacher fp32/int8 and the student in both
+table modes (materialized at load, factored per query), fp32/int8. Each file is then measured in
+its own fresh process, pinned to one core (os.sched_setaffinity) with ONNX Runtime's intra- and
+inter-op pools at one thread: load time, latency p50/p90/p99 of `Recommender.recommend` over
+`calls` random sessions after `warmup` calls, peak RSS (VmHWM) and the RSS before the model
+was loaded, and the file size. With --eval_examples > 0 it also scores the first N test examples
+of the student's dataset through every file (batched, any threads): HR@20, and the int8 files'
+top-20 overlap with their fp32 file. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+STUDENT_VARIANTS = [("materialized", None), ("materialized", "int8"), ("factored", None), ("factored", "int8")]
+TEACHER_VARIANTS = [("materialized", None), ("materialized", "int8")]  # mode is moot for a dense table
+
+
+def variant_name(stage: str, mode: str, quantize: str | None) -> str:
+    table = "dense" if stage == "teacher" else mode
+    return f"{stage}_{table}_{quantize or 'fp32'}"
+
+
+def export_all(teacher_workdir: str | None, student_workdir: str | None, out_dir: str, k: int) -> dict[str, str]:
+    """{variant name: .onnx path}, exporting only the files that do not exist yet."""
+    paths = {}
+    for stage, workdir, variants in (("teacher", teacher_workdir, TEACHER_VARIANTS), ("student", student_workdir, STUDENT_VARIANTS)):
+        if not workdir:
+            continue
+        for mode, quantize in variants:
+            name = variant_name(stage, mode, quantize)
+            path = os.path.join(out_dir, name + ".onnx")
+            if not os.path.exists(path):
+                from rec_kd import export
+
+                export.export_workdir(workdir, path, mode=mode, k=k, quantize=quantize)
+            paths[name] = path
+    return paths
+
+
+def random_sessions(num_items: int, max_len: int, count: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_len + 1, count)
+    return [rng.integers(1, num_items + 1, length).tolist() for length in lengths]
+
+
+def proc_status_mb(field: str) -> float:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in MiB (Linux).
+
+    VmHWM rather than ru_maxrss: the latter survives exec, so a child of a big parent would
+    report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def measure(path: str, calls: int, warmup: int, cpu: int, seed: int) -> dict:
+    """Runs in a fresh process: pinned, one thread, batch 1."""
+    os.sched_setaffinity(0, {cpu})
+    from rec_kd import serving
+
+    rss_before = proc_status_mb("VmRSS")
+    start = time.perf_counter()
+    recommender = serving.Recommender.load(path, threads=1)
+    load_s = time.perf_counter() - start
+    sessions = random_sessions(recommender.num_items, recommender.max_len, warmup + calls, seed)
+    for session in sessions[:warmup]:
+        recommender.recommend(session)
+    latencies = []
+    for session in sessions[warmup:]:
+        start = time.perf_counter()
+        recommender.recommend(session)
+        latencies.append(time.perf_counter() - start)
+    latencies_ms = 1000 * np.asarray(latencies)
+    return {
+        "file_bytes": os.path.getsize(path),
+        "load_s": round(load_s, 3),
+        "calls": calls,
+        "p50_ms": round(float(np.percentile(latencies_ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(latencies_ms, 90)), 3),
+        "p99_ms": round(float(np.percentile(latencies_ms, 99)), 3),
+        "mean_ms": round(float(latencies_ms.mean()), 3),
+        "rss_before_load_mb": round(rss_before, 1),
+        "peak_rss_mb": round(proc_status_mb("VmHWM"), 1),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+    }
+
+
+def measure_in_subprocess(path: str, args) -> dict:
+    command = [sys.executable, "-m", "launch.bench_device", f"--measure={path}", f"--calls={args.calls}",
+               f"--warmup={args.warmup}", f"--cpu={args.cpu}", f"--seed={args.seed}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"measuring {path} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout)
+
+
+def evaluate(paths: dict[str, str], workdir: str, num_examples: int, batch_size: int = 256) -> dict:
+    """HR@20 of every file on the first num_examples test examples, and int8 vs fp32 top-20 overlap."""
+    from rec_kd import serving, train
+
+    config = train.read_run_config(workdir)
+    test = train.load_data(config).test.head(num_examples)
+    top = {}
+    for name, path in paths.items():
+        recommender = serving.Recommender.load(path)
+        batches = [recommender.run(test.items[i : i + batch_size], test.lengths[i : i + batch_size])[0]
+                   for i in range(0, len(test), batch_size)]
+        top[name] = np.concatenate(batches)[:, :20]  # (n, 20)
+    report = {"examples": len(test)}
+    for name, ids in top.items():
+        entry = {"hr@20": float(np.mean(np.any(ids == test.targets[:, None], axis=1)))}
+        if name.endswith("_int8"):
+            reference = top[name[: -len("int8")] + "fp32"]
+            entry["top20_overlap_vs_fp32"] = float(np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids, reference)]))
+        report[name] = entry
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.bench_device", description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher_workdir")
+    parser.add_argument("--student_workdir")
+    parser.add_argument("--out_dir", default="workdirs/export")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--cpu", type=int, default=0, help="the core every measurement is pinned to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_examples", type=int, default=0)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one file in this process
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.calls, args.warmup, args.cpu, args.seed)))
+        return 0
+    if args.calls < 200:
+        parser.error("--calls must be at least 200")
+    paths = export_all(args.teacher_workdir, args.student_workdir, args.out_dir, args.k)
+    report = {"setup": {"batch": 1, "threads": 1, "cpu": args.cpu, "calls": args.calls, "warmup": args.warmup,
+                        "cpu_count": os.cpu_count(), "onnxruntime": __import__("onnxruntime").__version__},
+              "models": {name: measure_in_subprocess(path, args) for name, path in paths.items()}}
+    if args.eval_examples:
+        report["eval"] = evaluate(paths, args.student_workdir or args.teacher_workdir, args.eval_examples)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
