@@ -28,5 +28,7 @@ setuptools.setup(
         # The embedded default dataset (MovieLens-100k) ships inside RecBole's wheel. Install it
         # with --no-deps (its dependencies pull PyTorch): `pip install --no-deps recbole==1.2.1`.
         "data": ["recbole==1.2.1"],
+        # Export to ONNX Runtime (desktop and ONNX Runtime Mobile); see docs/export.md.
+        "export": ["onnx==1.23.2", "onnxruntime==1.31.1"],
     },
 )

@@ -7,10 +7,14 @@ Exports (into out_dir, reusing files already there) the teacher fp32/int8 and th
 table modes (materialized at load, factored per query), fp32/int8. Each file is then measured in
 its own fresh process, pinned to one core (os.sched_setaffinity) with ONNX Runtime's intra- and
 inter-op pools at one thread: load time, latency p50/p90/p99 of `Recommender.recommend` over
-`calls` random sessions after `warmup` calls, peak RSS (VmHWM) and the RSS before the model
-was loaded, and the file size. With --eval_examples > 0 it also scores the first N test examples
+`calls` random sessions after `warmup` calls, peak RSS (VmHWM), the RSS before the model
+was loaded and after the calls, and the file size. With --eval_examples > 0 it also scores the first N test examples
 of the student's dataset through every file (batched, any threads): HR@20, and the int8 files'
 top-20 overlap with their fp32 file. Prints one JSON object.
+
+Before a student has finished training, --standin_student_config=RUN_DIR (a student run's folder,
+for its config.json) benchmarks student-shaped files built from the teacher's dense layers and
+freshly initialised cores: right for size, RAM and latency, meaningless for accuracy.
 """
 
 from __future__ import annotations
@@ -47,6 +51,34 @@ def export_all(teacher_workdir: str | None, student_workdir: str | None, out_dir
 
                 export.export_workdir(workdir, path, mode=mode, k=k, quantize=quantize)
             paths[name] = path
+    return paths
+
+
+def export_standin_student(teacher_workdir: str, student_config_dir: str, out_dir: str, k: int) -> dict[str, str]:
+    """Student-shaped files for size and latency only, while no trained student exists yet.
+
+    The architecture and STTD spec come from a student run's config.json (e.g. one still
+    training); the dense layers are the teacher's and the cores are freshly initialised
+    (sttd.init_cores), so the figures of size, RAM and latency are the student's, its scores are not.
+    """
+    import jax
+
+    from rec_kd import export, train
+    from rec_kd.compress import sttd
+    from rec_kd.models import build_model
+
+    teacher, num_items = export.load_workdir(teacher_workdir)
+    model = build_model(train.read_run_config(student_config_dir), num_items)
+    params = {key: value for key, value in teacher.params.items() if key != "item_embedding"}
+    params["sttd_cores"] = sttd.init_cores(jax.random.key(0), model.sttd_spec, target_std=model.hidden_dim**-0.5)
+    paths = {}
+    for mode, quantize in STUDENT_VARIANTS:
+        path = os.path.join(out_dir, variant_name("student", mode, quantize) + ".onnx")
+        if not os.path.exists(path):
+            metadata = {"stage": "student (stand-in: untrained cores, teacher's dense layers)"}
+            onnx_model = export.build_onnx_model(model, params, num_items, mode, k, quantize, metadata)
+            export.onnx.save_model(onnx_model, path)
+        paths[os.path.basename(path)[: -len(".onnx")]] = path
     return paths
 
 
@@ -96,6 +128,7 @@ def measure(path: str, calls: int, warmup: int, cpu: int, seed: int) -> dict:
         "p99_ms": round(float(np.percentile(latencies_ms, 99)), 3),
         "mean_ms": round(float(latencies_ms.mean()), 3),
         "rss_before_load_mb": round(rss_before, 1),
+        "rss_after_calls_mb": round(proc_status_mb("VmRSS"), 1),
         "peak_rss_mb": round(proc_status_mb("VmHWM"), 1),
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
@@ -104,7 +137,8 @@ def measure(path: str, calls: int, warmup: int, cpu: int, seed: int) -> dict:
 def measure_in_subprocess(path: str, args) -> dict:
     command = [sys.executable, "-m", "launch.bench_device", f"--measure={path}", f"--calls={args.calls}",
                f"--warmup={args.warmup}", f"--cpu={args.cpu}", f"--seed={args.seed}"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=repo, check=False)
     if result.returncode:
         raise RuntimeError(f"measuring {path} failed: {result.stderr.strip().splitlines()[-1:]}")
     return json.loads(result.stdout)
@@ -143,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", type=int, default=0, help="the core every measurement is pinned to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_examples", type=int, default=0)
+    parser.add_argument("--standin_student_config", help="a student run dir whose config.json shapes a stand-in "
+                        "student (teacher's dense layers, untrained cores) when there is no --student_workdir")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one file in this process
     args = parser.parse_args(argv)
     if args.measure:
@@ -150,12 +186,16 @@ def main(argv=None) -> int:
         return 0
     if args.calls < 200:
         parser.error("--calls must be at least 200")
+    os.makedirs(args.out_dir, exist_ok=True)
     paths = export_all(args.teacher_workdir, args.student_workdir, args.out_dir, args.k)
+    if args.standin_student_config and not args.student_workdir:
+        paths.update(export_standin_student(args.teacher_workdir, args.standin_student_config, args.out_dir, args.k))
     report = {"setup": {"batch": 1, "threads": 1, "cpu": args.cpu, "calls": args.calls, "warmup": args.warmup,
                         "cpu_count": os.cpu_count(), "onnxruntime": __import__("onnxruntime").__version__},
               "models": {name: measure_in_subprocess(path, args) for name, path in paths.items()}}
     if args.eval_examples:
-        report["eval"] = evaluate(paths, args.student_workdir or args.teacher_workdir, args.eval_examples)
+        evaluated = {name: path for name, path in paths.items() if args.student_workdir or name.startswith("teacher")}
+        report["eval"] = evaluate(evaluated, args.student_workdir or args.teacher_workdir, args.eval_examples)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -22,8 +22,9 @@ The teacher's dense table is a plain initializer (mode 'dense').
 int8 (`--quantize=int8`): weight-only, symmetric per-channel int8 for every weight matrix (the
 table or the cores included), stored as int8 + fp32 scales and dequantised in the graph
 (Cast, Mul), which ONNX Runtime folds once at load; activations and arithmetic stay fp32, so int8
-shrinks the file, not the RAM or the latency. Inputs: int32 item ids (B, max_len) right-padded with 0 and int32 lengths (B,).
-Outputs: top-K item ids (B, K) int64 in [1, num_items] (padding and rows past num_items are
+shrinks the file, not the RAM or the latency.
+
+Inputs: int32 item ids (B, max_len) right-padded with 0 and int32 lengths (B,). Outputs: top-K item ids (B, K) int64 in [1, num_items] (padding and rows past num_items are
 never candidates) and their scores (B, K) float32.
 """
 

@@ -37,7 +37,11 @@ def parse_session(text: str) -> list[int]:
 
 def check_session(session: Sequence[int], num_items: int) -> np.ndarray:
     """The session as an int32 array; empty sessions and ids outside [1, num_items] are errors."""
-    items = np.asarray(list(session), dtype=np.int64)
+    session = list(session)
+    not_ids = [item for item in session if isinstance(item, bool) or not isinstance(item, (int, np.integer))]
+    if not_ids:
+        raise ServingError(f"item ids must be integers, got {not_ids[:10]}")
+    items = np.asarray(session, dtype=np.int64)
     if items.size == 0:
         raise ServingError("empty session: give at least one item id")
     unknown = items[(items < 1) | (items > num_items)]

@@ -186,7 +186,8 @@ def test_recommend_api_truncates_and_slices(student, tmp_path):
 @pytest.mark.parametrize(
     "session, k, message",
     [([], 5, "empty session"), ([3, 0], 5, "unknown item ids [0]"), ([NUM_ITEMS + 1], 5, f"unknown item ids [{NUM_ITEMS + 1}]"),
-     ([3], 21, "k = 21 must be an integer in [1, 20]"), ([3], 0, "k = 0")],
+     ([3], 21, "k = 21 must be an integer in [1, 20]"), ([3], 0, "k = 0"),
+     ([3, 4.5], 5, "item ids must be integers, got [4.5]")],
 )
 def test_recommend_rejects_bad_requests(student, tmp_path, session, k, message):
     recommender = serving.Recommender.load(write_model(tmp_path, *student))
