@@ -25,6 +25,8 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8"],
+        # The one formatter and linter (ruff.toml): `ruff format . && ruff check .`
+        "dev": ["ruff==0.17.5"],
         # The embedded default dataset (MovieLens-100k) ships inside RecBole's wheel. Install it
         # with --no-deps (its dependencies pull PyTorch): `pip install --no-deps recbole==1.2.1`.
         "data": ["recbole==1.2.1"],

@@ -18,10 +18,10 @@ import resource
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
-from rec_kd import data as data_lib, defaults, evaluation, train
+from rec_kd import data as data_lib
+from rec_kd import defaults, evaluation, train
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding tmall/.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "Dataset whose shapes are benchmarked.")
@@ -64,8 +64,15 @@ def time_training(stage: str, batch_size: int, data, placement) -> dict:
         index += 1
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - started
-    return {"stage": stage, "batch_size": batch_size, "steps": index, "examples": examples, "seconds": seconds,
-            "examples_per_s": examples / seconds, "compile_and_warmup_s": compile_seconds}
+    return {
+        "stage": stage,
+        "batch_size": batch_size,
+        "steps": index,
+        "examples": examples,
+        "seconds": seconds,
+        "examples_per_s": examples / seconds,
+        "compile_and_warmup_s": compile_seconds,
+    }
 
 
 def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:
@@ -81,8 +88,13 @@ def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:
     started = time.perf_counter()
     evaluate_split()
     seconds = time.perf_counter() - started
-    return {"split": "test", "examples": len(data.test), "seconds": seconds, "examples_per_s": len(data.test) / seconds,
-            "eval_batch_size": eval_batch_size}
+    return {
+        "split": "test",
+        "examples": len(data.test),
+        "seconds": seconds,
+        "examples_per_s": len(data.test) / seconds,
+        "eval_batch_size": eval_batch_size,
+    }
 
 
 def peak_memory() -> dict:
@@ -98,8 +110,13 @@ def main(argv):
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value)
     placement = train.Placement.over_all_devices()
     report = {
-        "machine": {"backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()], "cpu": platform.processor() or platform.machine(),
-                    "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")},
+        "machine": {
+            "backend": jax.default_backend(),
+            "devices": [d.device_kind for d in jax.devices()],
+            "cpu": platform.processor() or platform.machine(),
+            "jax": jax.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+        },
         "dataset": data.name,
         "num_items": data.num_items,
         "training": [],

@@ -135,8 +135,16 @@ def measure(path: str, calls: int, warmup: int, cpu: int, seed: int) -> dict:
 
 
 def measure_in_subprocess(path: str, args) -> dict:
-    command = [sys.executable, "-m", "launch.bench_device", f"--measure={path}", f"--calls={args.calls}",
-               f"--warmup={args.warmup}", f"--cpu={args.cpu}", f"--seed={args.seed}"]
+    command = [
+        sys.executable,
+        "-m",
+        "launch.bench_device",
+        f"--measure={path}",
+        f"--calls={args.calls}",
+        f"--warmup={args.warmup}",
+        f"--cpu={args.cpu}",
+        f"--seed={args.seed}",
+    ]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo, check=False)
     if result.returncode:
@@ -153,15 +161,16 @@ def evaluate(paths: dict[str, str], workdir: str, num_examples: int, batch_size:
     top = {}
     for name, path in paths.items():
         recommender = serving.Recommender.load(path)
-        batches = [recommender.run(test.items[i : i + batch_size], test.lengths[i : i + batch_size])[0]
-                   for i in range(0, len(test), batch_size)]
+        batches = [
+            recommender.run(test.items[i : i + batch_size], test.lengths[i : i + batch_size])[0] for i in range(0, len(test), batch_size)
+        ]
         top[name] = np.concatenate(batches)[:, :20]  # (n, 20)
     report = {"examples": len(test)}
     for name, ids in top.items():
         entry = {"hr@20": float(np.mean(np.any(ids == test.targets[:, None], axis=1)))}
         if name.endswith("_int8"):
             reference = top[name[: -len("int8")] + "fp32"]
-            entry["top20_overlap_vs_fp32"] = float(np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids, reference)]))
+            entry["top20_overlap_vs_fp32"] = float(np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids, reference, strict=False)]))
         report[name] = entry
     return report
 
@@ -177,8 +186,11 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", type=int, default=0, help="the core every measurement is pinned to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_examples", type=int, default=0)
-    parser.add_argument("--standin_student_config", help="a student run dir whose config.json shapes a stand-in "
-                        "student (teacher's dense layers, untrained cores) when there is no --student_workdir")
+    parser.add_argument(
+        "--standin_student_config",
+        help="a student run dir whose config.json shapes a stand-in "
+        "student (teacher's dense layers, untrained cores) when there is no --student_workdir",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one file in this process
     args = parser.parse_args(argv)
     if args.measure:
@@ -190,9 +202,18 @@ def main(argv=None) -> int:
     paths = export_all(args.teacher_workdir, args.student_workdir, args.out_dir, args.k)
     if args.standin_student_config and not args.student_workdir:
         paths.update(export_standin_student(args.teacher_workdir, args.standin_student_config, args.out_dir, args.k))
-    report = {"setup": {"batch": 1, "threads": 1, "cpu": args.cpu, "calls": args.calls, "warmup": args.warmup,
-                        "cpu_count": os.cpu_count(), "onnxruntime": __import__("onnxruntime").__version__},
-              "models": {name: measure_in_subprocess(path, args) for name, path in paths.items()}}
+    report = {
+        "setup": {
+            "batch": 1,
+            "threads": 1,
+            "cpu": args.cpu,
+            "calls": args.calls,
+            "warmup": args.warmup,
+            "cpu_count": os.cpu_count(),
+            "onnxruntime": __import__("onnxruntime").__version__,
+        },
+        "models": {name: measure_in_subprocess(path, args) for name, path in paths.items()},
+    }
     if args.eval_examples:
         evaluated = {name: path for name, path in paths.items() if args.student_workdir or name.startswith("teacher")}
         report["eval"] = evaluate(evaluated, args.student_workdir or args.teacher_workdir, args.eval_examples)

@@ -22,8 +22,15 @@ def comparison_table(teacher: dict, student: dict) -> str:
     rows = [header, ["---"] * len(header)]
     for label, result in (("teacher (SASRec)", teacher), (f"student ({result_table(student)})", student)):
         compression = result["embedding_compression"]
-        rows.append([label, *(f"{result['test'][name]:.4f}" for name in names), f"{result['params']['inference_total']:,}",
-                     f"{result['params']['item_table']:,}", f"{compression:.1f}x" if compression else "1x"])
+        rows.append(
+            [
+                label,
+                *(f"{result['test'][name]:.4f}" for name in names),
+                f"{result['params']['inference_total']:,}",
+                f"{result['params']['item_table']:,}",
+                f"{compression:.1f}x" if compression else "1x",
+            ]
+        )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 

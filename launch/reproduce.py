@@ -62,8 +62,12 @@ def table_overrides(spec: sttd.STTDSpec) -> tuple[str, ...]:
     def tuple_flag(values):
         return "(" + ",".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
 
-    return (f"--config.table.item_factors={tuple_flag(spec.item_factors)}", f"--config.table.dim_factors={tuple_flag(spec.dim_factors)}",
-            f"--config.table.ranks={tuple_flag(spec.ranks)}", f"--config.table.t={spec.t}")
+    return (
+        f"--config.table.item_factors={tuple_flag(spec.item_factors)}",
+        f"--config.table.dim_factors={tuple_flag(spec.dim_factors)}",
+        f"--config.table.ranks={tuple_flag(spec.ranks)}",
+        f"--config.table.t={spec.t}",
+    )
 
 
 def main_spec(dataset: str, num_items: int) -> sttd.STTDSpec:
@@ -100,14 +104,21 @@ def tt_spec(main: sttd.STTDSpec) -> sttd.STTDSpec:
 
 def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, root: str) -> list[RunSpec]:
     main = main_spec(dataset, num_items)
-    tables = {"main": main, "x100": x100_spec(main), "x300": x300_spec(num_items + 1), "ce": main, "kd": main, "kd_cl": main,
-              "tt": tt_spec(main)}
+    tables = {
+        "main": main,
+        "x100": x100_spec(main),
+        "x300": x300_spec(num_items + 1),
+        "ce": main,
+        "kd": main,
+        "kd_cl": main,
+        "tt": tt_spec(main),
+    }
     variants = {"main": "full", "x100": "full", "x300": "full", "ce": "ce", "kd": "kd", "kd_cl": "kd_cl", "tt": "tt"}
     teacher_dir = os.path.join(root, dataset, "teacher_s0")
     common = (f"--config.data_dir={data_dir}",) + (SMOKE_OVERRIDES if smoke else ())
     runs = []
     for row in rows:
-        for seed in (seeds if row == "main" else [0]):
+        for seed in seeds if row == "main" else [0]:
             words = ["teacher"] if row == "teacher" else ["student", variants[row]]
             overrides = common + (f"--config.seed={seed}",)
             if row != "teacher":
@@ -117,7 +128,9 @@ def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, 
 
 
 def command(run: RunSpec, root: str) -> list[str]:
-    config_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{run.dataset.replace('-', '_')}.py")
+    config_file = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{run.dataset.replace('-', '_')}.py"
+    )
     workdir = os.path.join(root, run.dataset, run.name)
     return [sys.executable, "-m", "rec_kd.main", f"--config={config_file}:{run.config_arg}", f"--workdir={workdir}", *run.overrides]
 

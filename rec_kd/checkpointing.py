@@ -59,8 +59,13 @@ def restore_latest(checkpoints: ocp.CheckpointManager, abstract_state: Any) -> t
         try:
             return restore_step(checkpoints, step, abstract_state)
         except Exception as error:  # Orbax raises many types for damaged files.
-            logging.warning("Checkpoint at step %d in %s failed to restore (%s: %s); falling back to an earlier one.",
-                            step, checkpoints.directory, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            logging.warning(
+                "Checkpoint at step %d in %s failed to restore (%s: %s); falling back to an earlier one.",
+                step,
+                checkpoints.directory,
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
     if steps:
         raise CheckpointError(f"{checkpoints.directory}: none of the checkpoints at steps {steps} could be restored")
     return None

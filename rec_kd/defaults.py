@@ -153,7 +153,7 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
 
     if dataset == "ml-100k":
         # The demo's dataset: a few minutes per stage on a 2-core CPU.
-        config.train.num_epochs = 6
+        config.train.num_epochs = 3
     if smoke:
         config.data.max_train_examples = 3000
         config.data.max_eval_examples = 1000
@@ -162,4 +162,3 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
         config.train.checkpoint_every_steps = 10
         config.train.log_every_steps = 5
     return config
-

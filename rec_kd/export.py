@@ -24,8 +24,9 @@ table or the cores included), stored as int8 + fp32 scales and dequantised in th
 (Cast, Mul), which ONNX Runtime folds once at load; activations and arithmetic stay fp32, so int8
 shrinks the file, not the RAM or the latency.
 
-Inputs: int32 item ids (B, max_len) right-padded with 0 and int32 lengths (B,). Outputs: top-K item ids (B, K) int64 in [1, num_items] (padding and rows past num_items are
-never candidates) and their scores (B, K) float32.
+Inputs: int32 item ids (B, max_len) right-padded with 0 and int32 lengths (B,). Outputs: top-K
+item ids (B, K) int64 in [1, num_items] (padding and rows past num_items are never candidates)
+and their scores (B, K) float32.
 """
 
 from __future__ import annotations
@@ -293,7 +294,10 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         scores = factored_scores(g, cores, spec, session)  # (B, P)
     # Candidates are items 1..N: the padding row and rows past num_items are cut off here.
     real = g.op(
-        "Slice", scores, g.constant(np.asarray([1], np.int64)), g.constant(np.asarray([num_items + 1], np.int64)),
+        "Slice",
+        scores,
+        g.constant(np.asarray([1], np.int64)),
+        g.constant(np.asarray([num_items + 1], np.int64)),
         g.constant(np.asarray([1], np.int64)),
     )  # (B, N)
     top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
@@ -311,8 +315,9 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
     return helper.make_graph(g.nodes, "rec_kd_recommender", inputs, outputs, g.initializers)
 
 
-def build_onnx_model(model, params, num_items: int, mode: str = "materialized", k: int = 20,
-                     quantize: str | None = None, metadata: dict | None = None) -> onnx.ModelProto:
+def build_onnx_model(
+    model, params, num_items: int, mode: str = "materialized", k: int = 20, quantize: str | None = None, metadata: dict | None = None
+) -> onnx.ModelProto:
     """A checked ONNX model; `metadata` (plus num_items, max_len, k, mode) goes in metadata_props."""
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; expected int8 or none")
@@ -320,8 +325,14 @@ def build_onnx_model(model, params, num_items: int, mode: str = "materialized", 
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rec_kd.export")
     onnx_model.ir_version = 8
     table_mode = "dense" if model.sttd_spec is None else mode
-    props = {"num_items": num_items, "max_len": model.max_len, "k": k, "table_mode": table_mode,
-             "quantize": quantize or "none", **(metadata or {})}
+    props = {
+        "num_items": num_items,
+        "max_len": model.max_len,
+        "k": k,
+        "table_mode": table_mode,
+        "quantize": quantize or "none",
+        **(metadata or {}),
+    }
     helper.set_model_props(onnx_model, {key: str(value) for key, value in props.items()})
     onnx.checker.check_model(onnx_model)
     return onnx_model

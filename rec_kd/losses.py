@@ -96,7 +96,11 @@ def objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
     terms = [
         ("rec", 1.0 - lam, functools.partial(rec_loss, reduction="mean")),
         ("kd", lam, functools.partial(kd_loss, temperature=distill_config.kd_temperature, reduction=reduction)),
-        ("cl", distill_config.cl_weight, functools.partial(contrastive_loss, temperature=distill_config.cl_temperature, reduction=reduction)),
+        (
+            "cl",
+            distill_config.cl_weight,
+            functools.partial(contrastive_loss, temperature=distill_config.cl_temperature, reduction=reduction),
+        ),
         ("pred", distill_config.pred_weight, functools.partial(predictive_loss, reduction="mean")),
     ]
     return [term for term in terms if term[1] != 0.0]

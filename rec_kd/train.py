@@ -25,7 +25,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rec_kd import checkpointing, data as data_lib, evaluation, losses
+from rec_kd import checkpointing, evaluation, losses
+from rec_kd import data as data_lib
 from rec_kd.compress import sttd
 from rec_kd.models import DistillHeads, build_model
 from rec_kd.train_logging import MetricWriter, quiet_library_logs
@@ -209,8 +210,12 @@ def count_params(tree) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def make_loss_fn(model, heads, teacher_model, objective, terms):
-    """loss(params, batch, dropout_key, constants, teacher_params) -> (total, metrics)."""
+def make_loss_fn(model, heads, teacher_model, terms):
+    """loss(params, batch, dropout_key, constants, teacher_params) -> (total, metrics).
+
+    The weighted sum of `terms`; the teacher forward and the heads run only if a term needs them.
+    """
+    objective = losses.weighted_objective(terms)
     names = {name for name, _, _ in terms}
     needs_teacher = bool(names & {"kd", "cl", "pred"})
     needs_heads = bool(names & {"cl", "pred"})
@@ -297,7 +302,7 @@ def build_run(config, data: data_lib.SessionData, placement: Placement, teacher:
 
     init_state = jax.jit(init_state, out_shardings=placement.replicated)
     state = init_state()
-    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, losses.weighted_objective(terms), terms)
+    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, terms)
     train_step = jax.jit(
         make_train_step(loss_fn, optimizer, dropout_key),
         in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated),
@@ -391,13 +396,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    logging.info("%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices.",
-                 data.name, data.num_items, len(data.train), len(data.valid), len(data.test), steps_per_epoch, placement.num_devices)
+    logging.info(
+        "%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices.",
+        data.name,
+        data.num_items,
+        len(data.train),
+        len(data.valid),
+        len(data.test),
+        steps_per_epoch,
+        placement.num_devices,
+    )
 
     # Models, optimizer and the jitted steps.
     teacher = load_teacher(config, data, placement) if is_student else None
     run = build_run(config, data, placement, teacher, steps_per_epoch)
-    state, train_step, metric_sums, constants, teacher_params = run.state, run.train_step, run.metric_sums, run.constants, run.teacher_params
+    state, train_step, metric_sums, constants, teacher_params = (
+        run.state,
+        run.train_step,
+        run.metric_sums,
+        run.constants,
+        run.teacher_params,
+    )
     ks = evaluation.DEFAULT_KS
 
     def evaluate(split):
@@ -554,7 +573,12 @@ def build_results(config, data, record, state, teacher, resumed_from_step, place
         "commits": record["commits"],
     }
     if refit:
-        results["select_phase"] = {"step": selected["step"], "epoch": selected["epoch"], "test": selected["test"], "test_cold": selected["test_cold"]}
+        results["select_phase"] = {
+            "step": selected["step"],
+            "epoch": selected["epoch"],
+            "test": selected["test"],
+            "test_cold": selected["test_cold"],
+        }
     if config.stage == "student":
         dim = config.model.hidden_dim
         dense_rows = data.num_items + 1 if config.table.kind == "dense" else int(np.prod(config.table.item_factors))

@@ -82,8 +82,14 @@ class MetricWriter:
                 continue
             self._write({"step": entry["step"], "epoch": entry["epoch"], "split": split, **entry[split]}, entry["step"], split)
         valid = f"valid hr@20 {entry['valid']['hr@20']:.4f} mrr@20 {entry['valid']['mrr@20']:.4f}" if entry["valid"] else "no valid split"
-        logging.info("epoch %d step %d: %s | test hr@20 %.4f mrr@20 %.4f", entry["epoch"], entry["step"], valid,
-                     entry["test"]["hr@20"], entry["test"]["mrr@20"])
+        logging.info(
+            "epoch %d step %d: %s | test hr@20 %.4f mrr@20 %.4f",
+            entry["epoch"],
+            entry["step"],
+            valid,
+            entry["test"]["hr@20"],
+            entry["test"]["mrr@20"],
+        )
         self._last_log = time.time()
 
     def close(self) -> None:

@@ -58,9 +58,7 @@ def test_missing_files(tmp_path):
     assert_one_line_error(lambda: load_srgnn(str(folder)), folder / "train.txt", "file not found")
     (folder / "train.txt").write_bytes(pickle.dumps(GOOD_TRAIN))
     assert_one_line_error(lambda: load_srgnn(str(folder)), folder / "test.txt", "file not found")
-    assert_one_line_error(
-        lambda: load_dataset("tmall", str(tmp_path)), tmp_path / "tmall", "no such dataset folder"
-    )
+    assert_one_line_error(lambda: load_dataset("tmall", str(tmp_path)), tmp_path / "tmall", "no such dataset folder")
 
 
 def test_pickle_running_os_system_is_refused(tmp_path):

@@ -5,8 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from rec_kd.data import bucket_lengths, eval_batches, num_train_batches, train_batches
-from rec_kd.data import session_data
+from rec_kd.data import bucket_lengths, eval_batches, num_train_batches, session_data, train_batches
 
 BUCKETS = (4, 8)
 MAX_LEN = 12
@@ -105,7 +104,7 @@ def test_eval_batches_in_order_with_padding(split):
     batches = list(eval_batches(split, 6, buckets=BUCKETS))
     check_shapes(batches, 6, (4, 8, 12))
     assert real_rows(batches) == collections.Counter(range(1, 38))
-    seen = [int(t) for b in batches for t, w in zip(b["targets"], b["weights"]) if w]
+    seen = [int(t) for b in batches for t, w in zip(b["targets"], b["weights"], strict=False) if w]
     bucket = np.searchsorted([4, 8, 12], split.lengths)
     expected = [k + 1 for b in range(3) for k in np.flatnonzero(bucket == b)]
     assert seen == expected  # bucket by bucket, file order within a bucket

@@ -63,7 +63,7 @@ def test_validation_is_the_last_tenth_of_sessions(datasets, raw, name):
     assert len(sessions) == EXPECTED[name][3]
     num_valid = len(sessions) // 10
     for split, chosen in ((data.train, sessions[:-num_valid]), (data.valid, sessions[-num_valid:])):
-        full_lengths, targets = zip(*expand(chosen, EXPECTED[name][6]))
+        full_lengths, targets = zip(*expand(chosen, EXPECTED[name][6]), strict=False)
         np.testing.assert_array_equal(split.targets, targets)
         np.testing.assert_array_equal(split.full_lengths, full_lengths)
 

@@ -6,8 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from rec_kd.data import load_srgnn
-from rec_kd.data import session_data
+from rec_kd.data import load_srgnn, session_data
 from rec_kd.data.srgnn import session_starts
 
 

@@ -12,7 +12,7 @@ from rec_kd import evaluation
 def reference_metrics(scores: np.ndarray, targets: np.ndarray, ks=(5, 10, 20)) -> dict[str, float]:
     """Loop-per-example reference: rank = number of real non-target items scoring >= the target."""
     per_example = {f"{m}@{k}": [] for k in ks for m in ("hr", "mrr", "ndcg")}
-    for row, target in zip(scores, targets):
+    for row, target in zip(scores, targets, strict=False):
         rank = sum(1 for item in range(1, len(row)) if item != target and row[item] >= row[target])
         for k in ks:
             hit = rank < k

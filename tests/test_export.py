@@ -71,8 +71,7 @@ def train_tiny(model: SeqRecModel, steps: int = 200):
 
 
 def tiny_model(spec) -> SeqRecModel:
-    return SeqRecModel(num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0,
-                       max_len=MAX_LEN, sttd_spec=spec)
+    return SeqRecModel(num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, sttd_spec=spec)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +138,7 @@ def test_int8_top20_overlaps_fp32(student, queries, tmp_path, mode):
     model, params = student
     fp32 = serving.Recommender.load(write_model(tmp_path, model, params, mode, name="fp32.onnx")).run(*queries)[0]
     int8 = serving.Recommender.load(write_model(tmp_path, model, params, mode, "int8", name="int8.onnx")).run(*queries)[0]
-    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(fp32, int8)])
+    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(fp32, int8, strict=False)])
     assert overlap >= 0.95
 
 
@@ -185,9 +184,14 @@ def test_recommend_api_truncates_and_slices(student, tmp_path):
 
 @pytest.mark.parametrize(
     "session, k, message",
-    [([], 5, "empty session"), ([3, 0], 5, "unknown item ids [0]"), ([NUM_ITEMS + 1], 5, f"unknown item ids [{NUM_ITEMS + 1}]"),
-     ([3], 21, "k = 21 must be an integer in [1, 20]"), ([3], 0, "k = 0"),
-     ([3, 4.5], 5, "item ids must be integers, got [4.5]")],
+    [
+        ([], 5, "empty session"),
+        ([3, 0], 5, "unknown item ids [0]"),
+        ([NUM_ITEMS + 1], 5, f"unknown item ids [{NUM_ITEMS + 1}]"),
+        ([3], 21, "k = 21 must be an integer in [1, 20]"),
+        ([3], 0, "k = 0"),
+        ([3, 4.5], 5, "item ids must be integers, got [4.5]"),
+    ],
 )
 def test_recommend_rejects_bad_requests(student, tmp_path, session, k, message):
     recommender = serving.Recommender.load(write_model(tmp_path, *student))
@@ -203,9 +207,15 @@ def test_load_rejects_missing_unreadable_and_foreign_files(tmp_path):
     with pytest.raises(serving.ServingError, match="notes.onnx: not a loadable ONNX model"):
         serving.Recommender.load(str(text))
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    foreign = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x],
-                                     [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
-                                     opset_imports=[onnx.helper.make_opsetid("", 17)])
+    foreign = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [x],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
     foreign.ir_version = 8
     onnx.save_model(foreign, str(tmp_path / "foreign.onnx"))
     with pytest.raises(serving.ServingError, match="not a rec_kd export"):
@@ -230,8 +240,12 @@ def test_cli_prints_one_json_object(student, tmp_path):
 
 @pytest.mark.parametrize(
     "session, model_name, message",
-    [("3,99999", "model.onnx", "unknown item ids [99999]"), (",", "model.onnx", "empty session"),
-     ("3,x", "model.onnx", "expected comma-separated integer item ids"), ("3", "notes.txt", "not a loadable ONNX model")],
+    [
+        ("3,99999", "model.onnx", "unknown item ids [99999]"),
+        (",", "model.onnx", "empty session"),
+        ("3,x", "model.onnx", "expected comma-separated integer item ids"),
+        ("3", "notes.txt", "not a loadable ONNX model"),
+    ],
 )
 def test_cli_bad_input_is_one_line_on_stderr(student, tmp_path, session, model_name, message):
     write_model(tmp_path, *student)
@@ -263,8 +277,10 @@ def test_factored_scoring_needs_two_cores(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_ml_100k_smoke_export_and_cli(tmp_path):
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    for config, workdir, extra in (("teacher,smoke", teacher_dir, []),
-                                   ("student,smoke", student_dir, [f"--config.teacher_workdir={teacher_dir}"])):
+    for config, workdir, extra in (
+        ("teacher,smoke", teacher_dir, []),
+        ("student,smoke", student_dir, [f"--config.teacher_workdir={teacher_dir}"]),
+    ):
         result = run_cli("rec_kd.main", f"--config=configs/ml_100k.py:{config}", f"--workdir={workdir}", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
     jax_answer = json.loads(run_cli("rec_kd.recommend", f"--workdir={student_dir}", "--session=3,17,42").stdout)
@@ -275,12 +291,24 @@ def test_end_to_end_ml_100k_smoke_export_and_cli(tmp_path):
         answer = json.loads(run_cli("rec_kd.recommend", f"--model={path}", "--session=3,17,42").stdout)
         assert answer["items"] == jax_answer["items"]
         np.testing.assert_allclose(answer["scores"], jax_answer["scores"], atol=1e-4)
-    bench = run_cli("launch.bench_device", f"--teacher_workdir={teacher_dir}", f"--student_workdir={student_dir}",
-                    f"--out_dir={tmp_path / 'bench'}", "--calls=200", "--warmup=10")
+    bench = run_cli(
+        "launch.bench_device",
+        f"--teacher_workdir={teacher_dir}",
+        f"--student_workdir={student_dir}",
+        f"--out_dir={tmp_path / 'bench'}",
+        "--calls=200",
+        "--warmup=10",
+    )
     assert bench.returncode == 0, bench.stderr[-2000:]
     models = json.loads(bench.stdout)["models"]
-    assert set(models) == {"teacher_dense_fp32", "teacher_dense_int8", "student_materialized_fp32",
-                           "student_materialized_int8", "student_factored_fp32", "student_factored_int8"}
+    assert set(models) == {
+        "teacher_dense_fp32",
+        "teacher_dense_int8",
+        "student_materialized_fp32",
+        "student_materialized_int8",
+        "student_factored_fp32",
+        "student_factored_int8",
+    }
     for name, entry in models.items():
         assert entry["file_bytes"] == os.path.getsize(tmp_path / "bench" / f"{name}.onnx")
         assert 0 < entry["p50_ms"] <= entry["p90_ms"] <= entry["p99_ms"] and entry["cpu_affinity"] == [0]

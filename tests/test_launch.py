@@ -15,8 +15,17 @@ pytestmark = pytest.mark.slow
 
 def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
     root, out = tmp_path / "runs", tmp_path / "report"
-    env_cmd = [sys.executable, "-m", "launch.reproduce", f"--root={root}", f"--data_dir={data_dir}", "--smoke", "--datasets=tmall",
-               "--seeds=0,1", "--rows=teacher,main,tt"]
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "launch.reproduce",
+        f"--root={root}",
+        f"--data_dir={data_dir}",
+        "--smoke",
+        "--datasets=tmall",
+        "--seeds=0,1",
+        "--rows=teacher,main,tt",
+    ]
     subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
     runs = sorted(path.parent.name for path in root.glob("tmall/*/results.json"))
     assert runs == ["main_s0", "main_s1", "teacher_s0", "tt_s0"]

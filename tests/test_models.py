@@ -26,7 +26,7 @@ def np_dense(x, p):
 def np_readout(h, mask, p):
     """beta_i = w . sigmoid(W1 tanh(h_i) + b1 + W2 m); s = sum mask beta h; m = masked mean."""
     out = []
-    for hb, mb in zip(h, mask):
+    for hb, mb in zip(h, mask, strict=False):
         real = hb[mb]
         mean = real.mean(0) if len(real) else np.zeros(hb.shape[-1])
         s = np.zeros(hb.shape[-1])
@@ -45,16 +45,16 @@ def np_forward(params, table, items, lengths, num_heads):
     block = params["block_0"]
     head_dim = DIM // num_heads
     sessions = []
-    for row, length in zip(items, lengths):
+    for row, length in zip(items, lengths, strict=False):
         x = np_layer_norm(table[row] + params["position_embedding"][: len(row)], params["input_norm"])
         q, k, v = (np_dense(x, block[name]) for name in ("query", "key", "value"))
         attended = np.zeros_like(x)
         for head in range(num_heads):
             cols = slice(head * head_dim, (head + 1) * head_dim)
             for i in range(len(row)):
-                logits = np.array([
-                    q[i, cols] @ k[j, cols] / math.sqrt(head_dim) if (j <= i and j < length) else -10000.0 for j in range(len(row))
-                ])
+                logits = np.array(
+                    [q[i, cols] @ k[j, cols] / math.sqrt(head_dim) if (j <= i and j < length) else -10000.0 for j in range(len(row))]
+                )
                 probs = np.exp(logits - logits.max())
                 probs /= probs.sum()
                 attended[i, cols] = probs @ v[:, cols]

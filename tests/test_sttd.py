@@ -123,9 +123,7 @@ def test_materialize_rows_equals_rows_of_materialize(name):
 def test_materialize_rows_at_tmall_shape():
     cores = init_cores(jax.random.key(0), TMALL)
     rows = jnp.array([0, 1, 240, 241, 12345, TMALL.num_rows - 1])
-    np.testing.assert_allclose(
-        materialize_rows(cores, TMALL, rows), materialize(cores, TMALL)[rows], rtol=1e-5, atol=1e-7
-    )
+    np.testing.assert_allclose(materialize_rows(cores, TMALL, rows), materialize(cores, TMALL)[rows], rtol=1e-5, atol=1e-7)
 
 
 def test_core_shapes_follow_method():
@@ -203,7 +201,7 @@ def test_init_is_deterministic_and_respects_dtype():
     spec = REFERENCE_SPECS["K3_t2"]
     first = init_cores(jax.random.key(3), spec, jnp.bfloat16)
     second = init_cores(jax.random.key(3), spec, jnp.bfloat16)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=False):
         assert a.dtype == jnp.bfloat16
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
@@ -216,22 +214,20 @@ def test_materialize_is_jittable_and_differentiable(name):
     def sum_of_squares(cores):
         return jnp.sum(materialize(cores, spec) ** 2)
 
-    np.testing.assert_allclose(
-        jax.jit(materialize, static_argnums=1)(cores, spec), materialize(cores, spec), rtol=1e-6
-    )
+    np.testing.assert_allclose(jax.jit(materialize, static_argnums=1)(cores, spec), materialize(cores, spec), rtol=1e-6)
     grads = jax.jit(jax.grad(sum_of_squares))(cores)
     assert len(grads) == len(cores)
-    for grad, core in zip(grads, cores):
+    for grad, core in zip(grads, cores, strict=False):
         assert grad.shape == core.shape
         assert bool(jnp.all(jnp.isfinite(grad)))
         assert float(jnp.max(jnp.abs(grad))) > 0
     # Directional derivative against a central finite difference in float64 numpy.
     direction = random_cores(spec, seed=6)
     step = 1e-4
-    plus = reference_table([c + step * d for c, d in zip(cores, direction)], spec)
-    minus = reference_table([c - step * d for c, d in zip(cores, direction)], spec)
+    plus = reference_table([c + step * d for c, d in zip(cores, direction, strict=False)], spec)
+    minus = reference_table([c - step * d for c, d in zip(cores, direction, strict=False)], spec)
     numeric = (np.sum(plus**2) - np.sum(minus**2)) / (2 * step)
-    analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(grads, direction))
+    analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(grads, direction, strict=False))
     assert analytic == pytest.approx(numeric, rel=1e-3)
 
 
@@ -245,8 +241,15 @@ def test_suggest_spec_tmall():
 
 @pytest.mark.parametrize(
     "num_rows, dim, rank, t, num_cores",
-    [(40728, 128, 60, 2, 2), (36969, 128, 60, 2, 2), (40728, 128, 60, 2, 3), (1683, 64, 16, 4, 2),
-     (1001, 64, 8, 2, 3), (40728, 128, 30, 1, 4), (97, 12, 6, 3, 2)],
+    [
+        (40728, 128, 60, 2, 2),
+        (36969, 128, 60, 2, 2),
+        (40728, 128, 60, 2, 3),
+        (1683, 64, 16, 4, 2),
+        (1001, 64, 8, 2, 3),
+        (40728, 128, 30, 1, 4),
+        (97, 12, 6, 3, 2),
+    ],
 )
 def test_suggest_spec_properties(num_rows, dim, rank, t, num_cores):
     spec = suggest_spec(num_rows, dim, rank, t, num_cores)
@@ -285,8 +288,12 @@ def test_suggest_spec_dim_factors():
 
 @pytest.mark.parametrize(
     "args, problem",
-    [((100, 128, 60, 7, 2), "divide rank"), ((100, 100, 8, 8, 2), "divide dim"),
-     ((100, 128, 60, 2, 1), "num_cores"), ((0, 128, 60, 2, 2), "num_rows")],
+    [
+        ((100, 128, 60, 7, 2), "divide rank"),
+        ((100, 100, 8, 8, 2), "divide dim"),
+        ((100, 128, 60, 2, 1), "num_cores"),
+        ((0, 128, 60, 2, 2), "num_rows"),
+    ],
 )
 def test_suggest_spec_errors(args, problem):
     with pytest.raises(ValueError, match=problem):

@@ -36,7 +36,7 @@ def student_gradients(variant: str = ""):
     params = train.init_params(config, student, heads, jax.random.key(0))
     teacher_params = train.init_model_params(teacher, config.data.max_len, jax.random.key(1))
     terms = losses.objective_terms(config.distill)
-    loss_fn = train.make_loss_fn(student, heads, teacher, losses.weighted_objective(terms), terms)
+    loss_fn = train.make_loss_fn(student, heads, teacher, terms)
     constants = {"hot_mask": HOT_MASK}
     grads = jax.grad(lambda p, t: loss_fn(p, BATCH, jax.random.key(2), constants, t)[0], argnums=(0, 1))(params, teacher_params)
     return params, grads

@@ -19,8 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 # A short Tmall run: the real data and full catalogue, few examples.
-TMALL_SMOKE = ["--config.data.max_train_examples=600", "--config.data.max_eval_examples=300", "--config.train.num_epochs=1",
-               "--config.train.log_every_steps=1"]
+TMALL_SMOKE = [
+    "--config.data.max_train_examples=600",
+    "--config.data.max_eval_examples=300",
+    "--config.train.num_epochs=1",
+    "--config.train.log_every_steps=1",
+]
 
 
 def main_env(num_devices: int) -> dict:
@@ -35,13 +39,26 @@ def main_env(num_devices: int) -> dict:
 
 
 def main_command(config: str, workdir: Path, data_dir: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "rec_kd.main", f"--config={REPO / 'configs' / config}", f"--workdir={workdir}",
-            f"--config.data_dir={data_dir}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "rec_kd.main",
+        f"--config={REPO / 'configs' / config}",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        *overrides,
+    ]
 
 
 def run_main(config, workdir, data_dir, *overrides, num_devices=1, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run(main_command(config, workdir, data_dir, *overrides), cwd=REPO, env=main_env(num_devices),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        main_command(config, workdir, data_dir, *overrides),
+        cwd=REPO,
+        env=main_env(num_devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"rec_kd.main failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -82,8 +99,9 @@ def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
     losses = {}
     for devices in (1, 4):
         workdir = tmp_path / f"student_{devices}"
-        run_main("tmall.py:student,smoke", workdir, data_dir, *TMALL_SMOKE, f"--config.teacher_workdir={tmall_teacher}",
-                 num_devices=devices)
+        run_main(
+            "tmall.py:student,smoke", workdir, data_dir, *TMALL_SMOKE, f"--config.teacher_workdir={tmall_teacher}", num_devices=devices
+        )
         losses[devices] = train_losses(workdir)
         student = results(workdir)
     for step in losses[1]:
@@ -126,8 +144,14 @@ def test_sigterm_then_rerun_ends_like_an_uninterrupted_run(tmp_path, data_dir):
     run_main("ml_100k.py:teacher,smoke", straight, data_dir, *overrides)
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(main_command("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides), cwd=REPO,
-                               env=main_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        main_command("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides),
+        cwd=REPO,
+        env=main_env(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_train_step(interrupted, 40, process)  # mid-way through epoch 2 of 3 (32 steps an epoch)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0
@@ -145,8 +169,14 @@ def test_sigterm_then_rerun_ends_like_an_uninterrupted_run(tmp_path, data_dir):
 
 def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_selected_epochs(tmp_path, data_dir):
     workdir = tmp_path / "refit"
-    run_main("tmall.py:teacher,smoke", workdir, data_dir, "--config.data.max_train_examples=300",
-             "--config.data.max_eval_examples=200", "--config.train.refit_on_valid=True")
+    run_main(
+        "tmall.py:teacher,smoke",
+        workdir,
+        data_dir,
+        "--config.data.max_train_examples=300",
+        "--config.data.max_eval_examples=200",
+        "--config.train.refit_on_valid=True",
+    )
     result = results(workdir)
     assert result["protocol"] == "refit on train+valid for the epochs selected on valid"
     selected_epoch = result["selected_epoch"]

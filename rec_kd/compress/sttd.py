@@ -65,21 +65,15 @@ class STTDSpec:
         if num_cores < 2:
             raise _spec_error(f"need K >= 2 cores, got item_factors={item_factors}")
         if len(dim_factors) != num_cores:
-            raise _spec_error(
-                f"dim_factors {dim_factors} must have K = {num_cores} entries like item_factors"
-            )
+            raise _spec_error(f"dim_factors {dim_factors} must have K = {num_cores} entries like item_factors")
         if len(ranks) != num_cores - 1:
-            raise _spec_error(
-                f"ranks {ranks} must have K - 1 = {num_cores - 1} entries (R_1..R_{{K-1}})"
-            )
+            raise _spec_error(f"ranks {ranks} must have K - 1 = {num_cores - 1} entries (R_1..R_{{K-1}})")
         if isinstance(self.t, bool) or not isinstance(self.t, int) or self.t < 1:
             raise _spec_error(f"t must be a positive int, got {self.t!r}")
         if any(rank % self.t for rank in ranks):
             raise _spec_error(f"t = {self.t} must divide every rank, got ranks {ranks}")
         if dim_factors[-1] % self.t:
-            raise _spec_error(
-                f"t = {self.t} must divide the last dim factor J_K = {dim_factors[-1]}"
-            )
+            raise _spec_error(f"t = {self.t} must divide the last dim factor J_K = {dim_factors[-1]}")
         # Frozen dataclass: store the normalised tuples so equal specs hash equally.
         object.__setattr__(self, "item_factors", item_factors)
         object.__setattr__(self, "dim_factors", dim_factors)
@@ -158,10 +152,7 @@ def init_cores(
     terms_per_entry = math.prod(rank // spec.t for rank in spec.ranks)
     core_std = (target_std**2 / terms_per_entry) ** (1.0 / (2 * spec.num_cores))
     keys = jax.random.split(key, spec.num_cores)
-    return [
-        core_std * jax.random.normal(core_key, shape, dtype)
-        for core_key, shape in zip(keys, spec.core_shapes())
-    ]
+    return [core_std * jax.random.normal(core_key, shape, dtype) for core_key, shape in zip(keys, spec.core_shapes(), strict=False)]
 
 
 def _check_core_shapes(cores: Sequence[jax.Array], spec: STTDSpec) -> None:

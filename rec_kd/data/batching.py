@@ -62,9 +62,7 @@ def num_train_batches(split: Split, batch_size: int, buckets: Sequence[int] = DE
     """Batches per epoch: the sum over buckets of ceil(examples in the bucket / batch_size)."""
     _check_batch_size(batch_size)
     lengths_by_bucket = bucket_lengths(split.max_len, buckets)
-    per_bucket = np.bincount(
-        bucket_of_each_example(split.lengths, lengths_by_bucket), minlength=len(lengths_by_bucket)
-    )
+    per_bucket = np.bincount(bucket_of_each_example(split.lengths, lengths_by_bucket), minlength=len(lengths_by_bucket))
     return int(np.sum(-(-per_bucket // batch_size)))
 
 
@@ -91,14 +89,10 @@ def train_batches(
         ids = order[buckets_in_order == bucket]  # still in shuffled order
         planned.extend((bucket, row) for row in _batch_rows(ids, batch_size))
     batch_order = rng.permutation(len(planned))
-    return [
-        gather_batch(split, planned[i][1], lengths_by_bucket[planned[i][0]]) for i in batch_order
-    ]
+    return [gather_batch(split, planned[i][1], lengths_by_bucket[planned[i][0]]) for i in batch_order]
 
 
-def eval_batches(
-    split: Split, batch_size: int, *, buckets: Sequence[int] = DEFAULT_BUCKETS
-) -> Iterator[Batch]:
+def eval_batches(split: Split, batch_size: int, *, buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[Batch]:
     """Every example exactly once, bucket by bucket in file order, padded like training batches."""
     _check_batch_size(batch_size)
     lengths_by_bucket = bucket_lengths(split.max_len, buckets)

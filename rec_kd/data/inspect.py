@@ -21,18 +21,14 @@ from rec_kd.data.srgnn import load_srgnn
 
 FORMAT_READERS = {"srgnn": load_srgnn, "user_sequences": load_user_sequences, "inter": load_inter}
 
-_DATASET = flags.DEFINE_string(
-    "dataset", None, "tmall, retailrocket, yoochoose1_64, beauty or ml-100k (or a folder in data_dir)"
-)
+_DATASET = flags.DEFINE_string("dataset", None, "tmall, retailrocket, yoochoose1_64, beauty or ml-100k (or a folder in data_dir)")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder holding the dataset folders (not for ml-100k).")
 _FORMAT = flags.DEFINE_enum("format", None, list(FORMAT_READERS), "Read --path in this format instead.")
 _PATH = flags.DEFINE_string("path", None, "SR-GNN folder, user-sequence text or .inter file for --format.")
 _MAX_LEN = flags.DEFINE_integer("max_len", 50, "Prefixes keep their last max_len items.")
 _VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Share of training sessions for validation.")
 _HOT_FRACTION = flags.DEFINE_float("hot_fraction", 0.2, "Share of distinct training items that are hot.")
-_HOT_COUNTING = flags.DEFINE_enum(
-    "hot_counting", "clicks", list(HOT_COUNTING_RULES), "Count each train click, or per prefix (authors')."
-)
+_HOT_COUNTING = flags.DEFINE_enum("hot_counting", "clicks", list(HOT_COUNTING_RULES), "Count each train click, or per prefix (authors').")
 
 
 def load_from_flags() -> SessionData:

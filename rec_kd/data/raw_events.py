@@ -47,9 +47,7 @@ from rec_kd.data.session_data import DataError, SessionData
 Session = tuple[float, list[str]]  # (time of the last click, raw item tokens in time order)
 
 
-def read_events(
-    path: str, session_column: str, item_column: str, time_column: str, delimiter: str
-) -> list[tuple[str, str, float]]:
+def read_events(path: str, session_column: str, item_column: str, time_column: str, delimiter: str) -> list[tuple[str, str, float]]:
     """(session key, item token, timestamp) per CSV row, in file order."""
     try:
         f = open(path, newline="", encoding="utf-8")
@@ -78,9 +76,7 @@ def read_events(
         try:
             timestamp = float(row[time_col])
         except ValueError:
-            raise DataError(
-                f"{path}: line {line_number}: timestamp {row[time_col]!r} is not a number"
-            ) from None
+            raise DataError(f"{path}: line {line_number}: timestamp {row[time_col]!r} is not a number") from None
         item = row[item_col].strip()
         if not item:
             raise DataError(f"{path}: line {line_number}: empty item id")
@@ -88,9 +84,7 @@ def read_events(
     return events
 
 
-def group_sessions(
-    events: list[tuple[str, str, float]], session_gap_seconds: float | None
-) -> list[Session]:
+def group_sessions(events: list[tuple[str, str, float]], session_gap_seconds: float | None) -> list[Session]:
     """Events -> sessions, in order of each key's first event; split on long gaps if asked."""
     by_key: dict[str, list[tuple[float, str]]] = {}
     for key, item, timestamp in events:
@@ -99,7 +93,7 @@ def group_sessions(
     for clicks in by_key.values():
         clicks.sort(key=lambda c: c[0])  # stable: equal times keep file order
         current = [clicks[0]]
-        for previous, click in zip(clicks, clicks[1:]):
+        for previous, click in zip(clicks, clicks[1:], strict=False):
             if session_gap_seconds is not None and click[0] - previous[0] > session_gap_seconds:
                 sessions.append(current)
                 current = []
@@ -114,16 +108,10 @@ def drop_rare_items(sessions: list[Session], min_item_count: int) -> list[Sessio
 
 
 def keep_lengths(sessions: list[Session], min_length: int, max_length: int | None) -> list[Session]:
-    return [
-        (t, items)
-        for t, items in sessions
-        if len(items) >= min_length and (max_length is None or len(items) <= max_length)
-    ]
+    return [(t, items) for t, items in sessions if len(items) >= min_length and (max_length is None or len(items) <= max_length)]
 
 
-def expand_prefixes(
-    sessions: list[list[int]], min_prefix_length: int
-) -> tuple[session_data.Prefixes, np.ndarray]:
+def expand_prefixes(sessions: list[list[int]], min_prefix_length: int) -> tuple[session_data.Prefixes, np.ndarray]:
     """SR-GNN expansion, longest prefix first; also returns each example's session index."""
     prefixes, targets, session_index = [], [], []
     for index, s in enumerate(sessions):
@@ -189,9 +177,7 @@ def load_raw_events(
     num_sessions = len(train_sessions)
     num_valid = session_data.floor_fraction(valid_fraction, num_sessions)
     is_valid = session_index >= num_sessions - num_valid
-    train_clicks = np.asarray(
-        [i for s in train_sessions[: num_sessions - num_valid] for i in s], dtype=np.int64
-    )
+    train_clicks = np.asarray([i for s in train_sessions[: num_sessions - num_valid] for i in s], dtype=np.int64)
     return session_data.build_session_data(
         name or os.path.splitext(os.path.basename(csv_path))[0],
         train=train_and_valid.select(~is_valid),

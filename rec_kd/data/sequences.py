@@ -38,9 +38,7 @@ def movielens_100k_path() -> str:
         raise DataError(f"{MOVIELENS_100K_IN_WHEEL}: recbole is not installed; {install_hint}") from None
     path = str(distribution.locate_file(MOVIELENS_100K_IN_WHEEL))
     if not os.path.isfile(path):
-        raise DataError(
-            f"{path}: file not found in recbole {distribution.version}; {install_hint}"
-        )
+        raise DataError(f"{path}: file not found in recbole {distribution.version}; {install_hint}")
     return path
 
 
@@ -109,16 +107,12 @@ def read_inter_sequences(path: str) -> list[list[int]]:
             continue
         fields = line.split("\t")
         if len(fields) != num_fields:
-            raise DataError(
-                f"{path}: line {line_number}: expected {num_fields} tab-separated fields, got {len(fields)}"
-            )
+            raise DataError(f"{path}: line {line_number}: expected {num_fields} tab-separated fields, got {len(fields)}")
         item = parse_item_id(fields[item_col].strip(), path, line_number)
         try:
             timestamp = float(fields[time_col])
         except ValueError:
-            raise DataError(
-                f"{path}: line {line_number}: timestamp {fields[time_col]!r} is not a number"
-            ) from None
+            raise DataError(f"{path}: line {line_number}: timestamp {fields[time_col]!r} is not a number") from None
         events.setdefault(fields[user_col].strip(), []).append((timestamp, item))
     # sorted() is stable, so equal timestamps keep their file order.
     return [[item for _, item in sorted(user_events, key=lambda e: e[0])] for user_events in events.values()]
@@ -147,9 +141,7 @@ def leave_one_out(
     train_counts = np.maximum(lengths - 3, 0)  # (U,) training examples per user
     train_users = np.repeat(np.arange(len(lengths)), train_counts)
     # Prefix lengths 1 .. n-3 for each user, in order.
-    train_prefix_lengths = np.arange(train_users.shape[0]) - np.repeat(
-        np.cumsum(train_counts) - train_counts, train_counts
-    ) + 1
+    train_prefix_lengths = np.arange(train_users.shape[0]) - np.repeat(np.cumsum(train_counts) - train_counts, train_counts) + 1
     train = examples_at(train_users, train_prefix_lengths)
     click_lengths = np.maximum(lengths - 2, 0)
     train_clicks = flat[session_data.window_positions(user_starts, click_lengths)[1]]

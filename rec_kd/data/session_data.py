@@ -56,8 +56,9 @@ def concatenate_splits(first: Split, second: Split) -> Split:
     """One split holding the examples of both (e.g. train + valid for a refit)."""
     if first.items.shape[1] != second.items.shape[1]:
         raise ValueError(f"splits of different max_len: {first.items.shape[1]} and {second.items.shape[1]}")
-    return Split(**{field.name: np.concatenate([getattr(first, field.name), getattr(second, field.name)])
-                    for field in dataclasses.fields(Split)})
+    return Split(
+        **{field.name: np.concatenate([getattr(first, field.name), getattr(second, field.name)]) for field in dataclasses.fields(Split)}
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -79,10 +79,7 @@ def parse_examples(obj: object, path: str) -> tuple[list, session_data.Prefixes]
         raise DataError(f"{path}: expected a pair (seqs, targets), got {_describe(obj)}")
     seqs, targets = obj
     if not isinstance(seqs, list) or not isinstance(targets, list):
-        raise DataError(
-            f"{path}: expected seqs and targets to be lists, "
-            f"got {_describe(seqs)} and {_describe(targets)}"
-        )
+        raise DataError(f"{path}: expected seqs and targets to be lists, got {_describe(seqs)} and {_describe(targets)}")
     if len(seqs) != len(targets):
         raise DataError(f"{path}: {len(seqs)} sequences but {len(targets)} targets")
     if not set(map(type, seqs)) <= {list, tuple}:
@@ -206,4 +203,3 @@ def load_srgnn(
         hot_fraction=hot_fraction,
         hot_counting=hot_counting,
     )
-

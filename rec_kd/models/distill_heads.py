@@ -73,4 +73,3 @@ class DistillHeads(nn.Module):
             outputs[f"{loss_name}_student"] = jnp.where(mixed, recombine(f"{loss_name}_student", student_view), teacher_session)
             outputs[f"{loss_name}_teacher"] = jnp.where(mixed, recombine(f"{loss_name}_teacher", teacher_view), student_session)
         return outputs
-

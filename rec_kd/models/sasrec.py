@@ -60,11 +60,15 @@ class SeqRecModel(nn.Module):
                     f" and width {self.hidden_dim}"
                 )
             if self.init_scheme == "authors":
+
                 def init_fn(key):
-                    return [embedding_init(k, shape) for k, shape in zip(jax.random.split(key, len(spec.core_shapes())), spec.core_shapes())]
+                    shapes = spec.core_shapes()
+                    return [embedding_init(k, shape) for k, shape in zip(jax.random.split(key, len(shapes)), shapes, strict=True)]
             else:
+
                 def init_fn(key):
                     return sttd.init_cores(key, spec, target_std=self.hidden_dim**-0.5)
+
             self.sttd_cores = self.param("sttd_cores", init_fn)
         self.position_embedding = self.param("position_embedding", embedding_init, (self.max_len, self.hidden_dim))
         self.input_norm = nn.LayerNorm(scale_init=ln_init)
