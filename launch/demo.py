@@ -18,10 +18,10 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the teacher an
 def comparison_table(teacher: dict, student: dict) -> str:
     """Markdown table: test metrics (selected on valid), parameters and compression."""
     names = evaluation.metric_names()
-    header = ["model", *names, "params (inference)", "item-table params", "embedding compression"]
+    header = ["model", *names, "params (inference)", "item-table params", "embedding compression", "model compression"]
     rows = [header, ["---"] * len(header)]
-    for label, result in (("teacher (SASRec)", teacher), (f"student ({result_table(student)})", student)):
-        compression = result["embedding_compression"]
+    for label, result in (("teacher (SASRec)", teacher), (f"student (STTD, {student['variant']} objective)", student)):
+        compression, model_compression = result["embedding_compression"], result["model_compression"]
         rows.append(
             [
                 label,
@@ -29,13 +29,10 @@ def comparison_table(teacher: dict, student: dict) -> str:
                 f"{result['params']['inference_total']:,}",
                 f"{result['params']['item_table']:,}",
                 f"{compression:.1f}x" if compression else "1x",
+                f"{model_compression:.1f}x" if model_compression else "1x",
             ]
         )
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
-
-
-def result_table(result: dict) -> str:
-    return f"STTD, {result['variant']} objective"
 
 
 def main(argv):
