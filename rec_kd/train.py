@@ -374,12 +374,16 @@ def git_commit() -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command: str | None = None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, command: str | None = None, data: data_lib.SessionData | None = None
+) -> dict:
     """Trains the stage named by the config in `workdir` (resuming if it holds a checkpoint).
 
     Returns the results dict also written to workdir/results.json, or {'preempted': True, ...}
     when SIGTERM stopped the run (a checkpoint was saved; rerun the same command to continue).
     `command` is recorded in results.json as how to reproduce the run (default: this process's argv).
+    `data` replaces the dataset the config names, for experiments on a modified copy of it (a
+    resumed run must be given the same data).
     """
     started = time.time()
     quiet_library_logs()
@@ -389,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command:
     is_student = config.stage == "student"
 
     # Input.
-    data = load_data(config)
+    data = data if data is not None else load_data(config)
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     steps_per_epoch = data_lib.num_train_batches(data.train, config.train.batch_size, buckets=buckets)
     resolve_table_config(config, data.num_items)
