@@ -24,10 +24,6 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 60000, "Training examples i
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 8000, "Valid and test examples evaluated.")
 
 
-def slice_split(split: data_lib.Split, start: int, stop: int) -> data_lib.Split:
-    return data_lib.Split(**{field.name: getattr(split, field.name)[start:stop] for field in dataclasses.fields(data_lib.Split)})
-
-
 def main(argv):
     del argv
     full = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value)
@@ -35,7 +31,7 @@ def main(argv):
     report = {"dataset": full.name, "num_examples": n}
     for name, (start, stop) in (("first", (0, n)), ("last", (total - n, total))):
         data = dataclasses.replace(
-            full, train=slice_split(full.train, start, stop), valid=full.valid.head(_NUM_EVAL.value), test=full.test.head(_NUM_EVAL.value)
+            full, train=full.train.rows(slice(start, stop)), valid=full.valid.head(_NUM_EVAL.value), test=full.test.head(_NUM_EVAL.value)
         )
         config = defaults.get_config(full.name, "teacher")
         config.train.num_epochs = 1

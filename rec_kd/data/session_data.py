@@ -42,14 +42,13 @@ class Split:
     def max_len(self) -> int:
         return int(self.items.shape[1])
 
+    def rows(self, selection: slice) -> Split:
+        """The examples in `selection`, e.g. slice(start, stop)."""
+        return Split(**{field.name: getattr(self, field.name)[selection] for field in dataclasses.fields(Split)})
+
     def head(self, n: int) -> Split:
         """The first n examples (smoke runs keep the real catalogue but fewer examples)."""
-        return Split(
-            items=self.items[:n],
-            lengths=self.lengths[:n],
-            targets=self.targets[:n],
-            full_lengths=self.full_lengths[:n],
-        )
+        return self.rows(slice(0, n))
 
 
 def concatenate_splits(first: Split, second: Split) -> Split:
