@@ -133,10 +133,11 @@ class TrainedModel:
 Teacher = TrainedModel  # noqa: N816 (an alias, read as a class name)
 
 
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+def read_run_config(workdir: str, role: str = "run") -> ml_collections.ConfigDict:
+    """A workdir's config.json; `role` names what the caller expected there, for the error."""
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
-        raise ConfigError(f"{config_path}: no run config; is {workdir} a rec_kd workdir?")
+        raise ConfigError(f"{config_path}: no {role} config; train a {role} into {workdir} first")
     with open(config_path) as f:
         return ml_collections.ConfigDict(json.load(f))
 
@@ -169,9 +170,7 @@ def load_teacher(config, data: data_lib.SessionData, placement: Placement) -> Te
     workdir = config.teacher_workdir
     if not workdir:
         raise ConfigError("the student stage needs --config.teacher_workdir=DIR (a trained teacher's workdir)")
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-        raise ConfigError(f"{workdir}/config.json: no teacher config; train a teacher into {workdir} first")
-    teacher_config = read_run_config(workdir)
+    teacher_config = read_run_config(workdir, role="teacher")
     config_path = os.path.join(workdir, "config.json")
     if teacher_config.stage != "teacher":
         raise ConfigError(f"{config_path}: stage is {teacher_config.stage!r}, not a teacher")
@@ -272,7 +271,6 @@ def make_metric_sums_fn(model, ks):
 class Run:
     """Everything a training loop or a benchmark needs: the initial state and the jitted steps."""
 
-    model: Any
     init_state: Any  # () -> a freshly initialised state, replicated (jitted)
     state: Any
     train_step: Any  # (state, batch, constants, teacher_params) -> (state, metrics); state donated
@@ -314,7 +312,7 @@ def build_run(config, data: data_lib.SessionData, placement: Placement, teacher:
         in_shardings=(placement.replicated, placement.batch, placement.replicated),
         out_shardings=placement.replicated,
     )
-    return Run(model, init_state, state, train_step, metric_sums, constants, teacher.params if teacher else {})
+    return Run(init_state, state, train_step, metric_sums, constants, teacher.params if teacher else {})
 
 
 # ----------------------------------------------------------------------------------------------
