@@ -48,7 +48,7 @@ def time_training(stage: str, batch_size: int, data, placement) -> dict:
     state = run.state
 
     def step(state, batch):
-        return run.train_step(state, placement.put_batch(batch), run.constants, run.teacher_params)
+        return run.step(state, placement.put_batch(batch))
 
     # Compile every bucket's step before timing.
     compile_started = time.perf_counter()
@@ -82,7 +82,7 @@ def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:
 
     def evaluate_split():
         batches = data_lib.eval_batches(data.test, eval_batch_size, buckets=buckets)
-        return evaluation.evaluate_batches(lambda b: run.metric_sums(run.state["params"], b, run.constants), batches, placement.put_batch)
+        return evaluation.split_totals(lambda b: run.metric_sums(run.state["params"], b, run.constants), batches, placement.put_batch)
 
     evaluate_split()  # compile every bucket
     started = time.perf_counter()

@@ -48,27 +48,32 @@ def restore_step(checkpoints: ocp.CheckpointManager, step: int, abstract_state: 
     return restored["state"], restored["meta"]
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
-    """The newest checkpoint that restores, or None if the directory has none.
+def restore_latest(managers: list[ocp.CheckpointManager], abstract_state: Any) -> tuple[list, list[dict]] | None:
+    """([state], [meta]), one per manager, at the newest step that every manager holds and restores.
 
-    A step that fails to restore is skipped with a warning and the previous one is tried.
-    Raises CheckpointError when steps exist but none restores.
+    One manager per member of a run; all of them save at the same steps. None when no manager has a
+    checkpoint. A step that fails to restore anywhere is skipped with a warning and an earlier
+    common step is tried; CheckpointError when checkpoints exist but no common step restores.
     """
-    steps = sorted(checkpoints.all_steps(), reverse=True)
+    step_sets = [set(checkpoints.all_steps()) for checkpoints in managers]
+    if not any(step_sets):
+        return None
+    steps = sorted(set.intersection(*step_sets), reverse=True)
     for step in steps:
         try:
-            return restore_step(checkpoints, step, abstract_state)
+            restored = [restore_step(checkpoints, step, abstract_state) for checkpoints in managers]
+            return [state for state, _ in restored], [meta for _, meta in restored]
         except Exception as error:  # Orbax raises many types for damaged files.
             logging.warning(
-                "Checkpoint at step %d in %s failed to restore (%s: %s); falling back to an earlier one.",
+                "Checkpoint at step %d failed to restore (%s: %s); falling back to an earlier one.",
                 step,
-                checkpoints.directory,
                 type(error).__name__,
                 str(error).splitlines()[0] if str(error) else "",
             )
-    if steps:
-        raise CheckpointError(f"{checkpoints.directory}: none of the checkpoints at steps {steps} could be restored")
-    return None
+    directories = ", ".join(
+        f"{checkpoints.directory} (steps {sorted(found)})" for checkpoints, found in zip(managers, step_sets, strict=True)
+    )
+    raise CheckpointError(f"no checkpoint step common to every member restores: {directories}")
 
 
 def abstract_like(tree: Any) -> Any:
@@ -88,11 +93,13 @@ class PreemptionFlag:
         self._previous = None
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if jax.process_count() == 1:  # in multi-host runs JAX's preemption service owns SIGTERM
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
         return False
 
     def _handle(self, signum, frame):

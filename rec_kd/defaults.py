@@ -59,6 +59,17 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # The teacher's workdir (students only): its best-valid checkpoint is restored and frozen.
     config.teacher_workdir = ""
 
+    config.distributed = ml_collections.ConfigDict()
+    # Multi-process runs (rec_kd/distributed.py; the REC_KD_* environment variables fill blanks):
+    # process 0's coordinator host:port ('' = a single process unless the environment names one).
+    config.distributed.coordinator_address = ""
+    # Number of processes (0 = from REC_KD_NUM_PROCESSES).
+    config.distributed.num_processes = 0
+    # This process's index (-1 = from REC_KD_PROCESS_ID).
+    config.distributed.process_id = -1
+    # Let JAX detect the cluster (TPU slices, Slurm, Open MPI) instead.
+    config.distributed.auto = False
+
     config.data = ml_collections.ConfigDict()
     # Sequences keep their last max_len items.
     config.data.max_len = 50
@@ -87,6 +98,9 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.5
     # 'standard' (LeCun kernels, LayerNorm gain 1) or 'authors' (everything U(-0.1, 0.1)).
     config.model.init_scheme = "standard"
+    # Session readout: 'mean' (METHOD.md) or 'mean+summary' (the gate also sees a learned summary
+    # token placed after the session; see rec_kd/models/sasrec.py READOUTS).
+    config.model.readout = "mean"
 
     config.table = ml_collections.ConfigDict()
     # Student item table: 'sttd', 'tt' (plain TT-matrix, t forced to 1) or 'dense'.

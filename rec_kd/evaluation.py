@@ -80,17 +80,26 @@ def means_from_sums(totals: dict[str, float], prefix: str, ks=DEFAULT_KS) -> dic
     return {name: (totals[f"{prefix}/{name}"] / count if count > 0 else float("nan")) for name in metric_names(ks)}
 
 
+def split_totals(
+    metric_sums_fn: Callable[..., dict[str, jax.Array]],
+    batches: Iterable[dict[str, np.ndarray]],
+    put_batch: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+) -> dict[str, np.ndarray]:
+    """Sums of a jitted `metric_sums_fn(batch) -> sums` over a whole split, in float64.
+
+    Each value keeps the shape of one batch's sums (a scalar, or (N,) for N vmapped members).
+    Device results are fetched once at the end so the host never waits on the device between batches.
+    """
+    device_sums = jax.device_get([metric_sums_fn(put_batch(batch)) for batch in batches])
+    return {key: np.sum([np.asarray(sums[key], np.float64) for sums in device_sums], axis=0) for key in device_sums[0]}
+
+
 def evaluate_batches(
     metric_sums_fn: Callable[..., dict[str, jax.Array]],
     batches: Iterable[dict[str, np.ndarray]],
     put_batch: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
     ks: Sequence[int] = DEFAULT_KS,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Runs a jitted `metric_sums_fn(batch) -> sums` over a whole split.
-
-    Returns (metrics over all examples, metrics over cold-target examples). Device results are
-    fetched once at the end so the host never waits on the device between batches.
-    """
-    device_sums = [metric_sums_fn(put_batch(batch)) for batch in batches]
-    totals = {key: float(np.sum([np.asarray(sums[key], np.float64) for sums in device_sums])) for key in device_sums[0]}
+    """(metrics over all examples, metrics over cold-target examples) of one model on a split."""
+    totals = {key: float(value) for key, value in split_totals(metric_sums_fn, batches, put_batch).items()}
     return means_from_sums(totals, "all", ks), means_from_sums(totals, "cold", ks)

@@ -88,7 +88,12 @@ def predictive_loss(outputs, batch, reduction: str = "mean"):
 
 
 def objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
-    """(name, weight, loss_fn) for every enabled loss; the teacher trains on 'rec' alone."""
+    """(name, weight, loss_fn) for every enabled loss; the teacher trains on 'rec' alone.
+
+    A term whose weight is a literal 0 is left out (never computed). A weight that is a traced
+    array (a member of a vectorised run) always keeps its term: a member with weight 0 then
+    computes the term and multiplies it by 0, which adds exactly nothing to its gradient.
+    """
     if distill_config is None:
         return [("rec", 1.0, rec_loss)]
     reduction = distill_config.reduction
@@ -103,7 +108,7 @@ def objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
         ),
         ("pred", distill_config.pred_weight, functools.partial(predictive_loss, reduction="mean")),
     ]
-    return [term for term in terms if term[1] != 0.0]
+    return [term for term in terms if not (isinstance(term[1], (int, float)) and term[1] == 0.0)]
 
 
 def weighted_objective(terms: list[tuple[str, float, LossFn]]) -> LossFn:

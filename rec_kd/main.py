@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rec_kd import checkpointing, train
+from rec_kd import checkpointing, distributed, train
 from rec_kd.data import DataError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py:ARGS).", lock_config=True)
@@ -23,6 +23,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        distributed.initialize(_CONFIG.value)
         command = "python -m rec_kd.main " + shlex.join(sys.argv[1:])
         results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, command)
     except (DataError, train.ConfigError, checkpointing.CheckpointError) as error:

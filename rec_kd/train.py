@@ -2,9 +2,14 @@
 
 Read top to bottom: mesh, input, models and optimizer, the one jitted train step, evaluation,
 checkpoints and resumption, the loop, results. The train step is a pure function of (state,
-batch, constants, teacher params), jitted once per length bucket over a 1-D 'data' mesh of all
-devices: the batch is sharded, everything else replicated, and the state donated. The losses see
-the global batch, so results do not depend on the number of devices.
+batch, constants, teacher params, member inputs), jitted once per length bucket over a 1-D 'data'
+mesh of all devices: the batch is sharded, everything else replicated, and the state donated. The
+losses see the global batch, so results do not depend on the number of devices.
+
+Every run is a stack of N >= 1 *members* trained by one `jax.vmap`ped step:
+`train_members(configs, workdirs)` trains models whose configs differ only in MEMBER_FIELDS (seed,
+learning rate, loss weights, temperatures) at once on the same batches, each with its own
+workdir, metrics, checkpoints and results.json; `train_and_evaluate` is the N = 1 case.
 """
 
 import dataclasses
@@ -14,6 +19,8 @@ import shlex
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -58,12 +65,23 @@ class Placement:
     def num_devices(self) -> int:
         return self.mesh.size
 
+    def process_rows(self, num_rows: int) -> slice:
+        """The rows of a global batch that live on this process's devices (all rows in one process)."""
+        indices = self.batch.addressable_devices_indices_map((num_rows,)).values()
+        return slice(min(index[0].start or 0 for index in indices), max(index[0].stop or num_rows for index in indices))
+
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Host batch -> global array sharded on 'data'. Each process passes its own rows."""
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch, x), batch)
+        """Global host batch -> global array sharded on 'data'; only this process's rows are sent.
+
+        Every process builds the same batch order (a function of data_seed and epoch) and passes
+        only its own rows; `make_array_from_process_local_data` assembles the global batch.
+        """
+        rows = self.process_rows(len(batch["weights"]))
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch, x[rows]), batch)
 
     def replicate(self, tree: Any) -> Any:
-        return jax.device_put(tree, self.replicated)
+        """Host values (the same in every process) -> global arrays replicated on every device."""
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
 
 
 def load_data(config) -> data_lib.SessionData:
@@ -103,13 +121,15 @@ def resolve_table_config(config, num_items: int) -> None:
         table.item_factors, table.dim_factors, table.ranks = spec.item_factors, spec.dim_factors, spec.ranks
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config, steps_per_epoch: int, learning_rate=None) -> optax.GradientTransformation:
+    """Adam(W) with the config's schedule; `learning_rate` (a member's traced value) replaces the config's."""
     train = config.train
+    peak = train.learning_rate if learning_rate is None else learning_rate
     if train.schedule == "constant":
-        learning_rate = train.learning_rate
+        learning_rate = peak
     elif train.schedule == "cosine":
         learning_rate = optax.warmup_cosine_decay_schedule(
-            0.0, train.learning_rate, train.warmup_steps, max(train.num_epochs * steps_per_epoch, train.warmup_steps + 1)
+            0.0, peak, train.warmup_steps, max(train.num_epochs * steps_per_epoch, train.warmup_steps + 1)
         )
     else:
         raise ConfigError(f"train.schedule={train.schedule!r}: expected 'constant' or 'cosine'")
@@ -209,24 +229,31 @@ def count_params(tree) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def make_loss_fn(model, heads, teacher_model, terms):
-    """loss(params, batch, dropout_key, constants, teacher_params) -> (total, metrics).
+def distill_view(distill_config, hparams: dict) -> types.SimpleNamespace:
+    """The distillation settings with a member's traced values (keys 'distill.NAME') in place."""
+    values = distill_config.to_dict()
+    values.update({name.split(".", 1)[1]: value for name, value in hparams.items() if name.startswith("distill.")})
+    return types.SimpleNamespace(**values)
 
-    The weighted sum of `terms`; the teacher forward and the heads run only if a term needs them.
+
+def make_loss_fn(model, heads, teacher_model, distill_config):
+    """loss(params, batch, dropout_key, constants, teacher_params, hparams) -> (total, metrics).
+
+    The weighted sum of `losses.objective_terms` (the teacher's when distill_config is None);
+    `hparams` holds a member's values of the vectorised fields. A term whose weight is a literal 0
+    is not computed, and the teacher forward and the heads run only if a term needs them.
     """
-    objective = losses.weighted_objective(terms)
-    names = {name for name, _, _ in terms}
-    needs_teacher = bool(names & {"kd", "cl", "pred"})
-    needs_heads = bool(names & {"cl", "pred"})
 
-    def loss_fn(params, batch, dropout_key, constants, teacher_params):
+    def loss_fn(params, batch, dropout_key, constants, teacher_params, hparams):
+        terms = losses.objective_terms(None if distill_config is None else distill_view(distill_config, hparams))
+        names = {name for name, _, _ in terms}
         student = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=True, rngs={"dropout": dropout_key})
         outputs = dict(student)
-        if needs_teacher:
+        if names & {"kd", "cl", "pred"}:
             teacher = teacher_model.apply({"params": teacher_params}, batch["items"], batch["lengths"], train=False)
             teacher = jax.lax.stop_gradient(teacher)
             outputs.update(teacher_scores=teacher["scores"], teacher_table=teacher["table"], teacher_session=teacher["session"])
-        if needs_heads:
+        if names & {"cl", "pred"}:
             outputs.update(
                 heads.apply(
                     {"params": params["heads"]},
@@ -238,20 +265,26 @@ def make_loss_fn(model, heads, teacher_model, terms):
                     constants["hot_mask"],
                 )
             )
-        return objective(outputs, batch)
+        return losses.weighted_objective(terms)(outputs, batch)
 
     return loss_fn
 
 
-def make_train_step(loss_fn, optimizer, base_key):
-    """train_step(state, batch, constants, teacher_params) -> (state, metrics); pure."""
+def make_train_step(loss_fn, config, steps_per_epoch: int):
+    """train_step(state, batch, constants, teacher_params, member) -> (state, metrics); pure.
 
-    def train_step(state, batch, constants, teacher_params):
-        dropout_key = jax.random.fold_in(base_key, state["step"])
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], batch, dropout_key, constants, teacher_params)
+    `member` = {'seed': the member's seed, 'hparams': its vectorised field values}. The
+    optimizer is rebuilt from the member's learning rate on every call: optax transforms are pure
+    and their state does not depend on the rate, so this costs nothing at run time.
+    """
+
+    def train_step(state, batch, constants, teacher_params, member):
+        dropout_key = jax.random.fold_in(member_keys(member["seed"])[1], state["step"])
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], batch, dropout_key, constants, teacher_params, member["hparams"])
+        optimizer = make_optimizer(config, steps_per_epoch, member["hparams"].get("train.learning_rate"))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     return train_step
@@ -267,52 +300,132 @@ def make_metric_sums_fn(model, ks):
     return metric_sums
 
 
+# ----------------------------------------------------------------------------------------------
+# Members: models trained together by one vmapped step.
+# ----------------------------------------------------------------------------------------------
+
+# Config fields that may differ between the members of one run. `seed` enters through each
+# member's keys, the others through its `hparams` (traced scalars); every other field shapes the
+# program and must be equal.
+HPARAM_FIELDS = (
+    "train.learning_rate",
+    "distill.kd_weight",
+    "distill.cl_weight",
+    "distill.pred_weight",
+    "distill.kd_temperature",
+    "distill.cl_temperature",
+)
+MEMBER_FIELDS = ("seed", *HPARAM_FIELDS)
+
+
+def flatten_config(config) -> dict[str, Any]:
+    """{'train.learning_rate': 0.001, ...}: every leaf field of a config under its dotted name."""
+    flat = {}
+    for key, value in config.items() if hasattr(config, "items") else []:
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            flat.update({f"{key}.{name}": leaf for name, leaf in flatten_config(value).items()})
+        else:
+            flat[key] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def differing_fields(configs: Sequence) -> list[str]:
+    """The dotted fields whose values are not the same in every config."""
+    flats = [flatten_config(config) for config in configs]
+    names = sorted(set().union(*flats))
+    return [name for name in names if len({repr(flat.get(name)) for flat in flats}) > 1]
+
+
+def check_members(configs: Sequence, workdirs: Sequence[str]) -> list[str]:
+    """The vectorised hyperparameter fields of a member stack; a ConfigError if it cannot be one."""
+    if not configs or len(configs) != len(workdirs):
+        raise ConfigError(f"need one workdir per member config, got {len(configs)} configs and {len(workdirs)} workdirs")
+    if len({os.path.abspath(workdir) for workdir in workdirs}) != len(workdirs):
+        raise ConfigError(f"members need distinct workdirs, got {list(workdirs)}")
+    differing = differing_fields(configs)
+    fixed = [name for name in differing if name not in MEMBER_FIELDS]
+    if fixed:
+        raise ConfigError(f"members of one vectorised run may differ only in {MEMBER_FIELDS}; these differ: {fixed}")
+    if len(configs) > 1 and configs[0].train.refit_on_valid:
+        raise ConfigError("train.refit_on_valid needs a run of its own: members would refit for different epoch counts")
+    return [name for name in differing if name in HPARAM_FIELDS]
+
+
+def member_inputs(configs: Sequence, hparam_fields: Sequence[str]) -> dict:
+    """{'seed': (N,) int32, 'hparams': {field: (N,) float32}} as host arrays (keys are made on device)."""
+    hparams = {name: np.asarray([flatten_config(config)[name] for config in configs], np.float32) for name in hparam_fields}
+    return {"seed": np.asarray([config.seed for config in configs], np.int32), "hparams": hparams}
+
+
+def member_keys(seed):
+    """(init key, dropout key) of a member: both derived from its seed alone."""
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    return init_key, dropout_key
+
+
 @dataclasses.dataclass
 class Run:
-    """Everything a training loop or a benchmark needs: the initial state and the jitted steps."""
+    """Everything a training loop or a benchmark needs for a stack of N members.
 
-    init_state: Any  # () -> a freshly initialised state, replicated (jitted)
+    Every array of `state` has a leading member axis. `train_step(state, batch, constants,
+    teacher_params, members)` and `metric_sums(params, batch, constants)` are jitted and vmapped
+    over the members; the state is donated.
+    """
+
+    init_state: Any  # () -> a freshly initialised (N-stacked, replicated) state
     state: Any
-    train_step: Any  # (state, batch, constants, teacher_params) -> (state, metrics); state donated
-    metric_sums: Any  # (params, batch, constants) -> weighted metric sums
+    train_step: Any
+    metric_sums: Any
     constants: dict
     teacher_params: Any
+    members: dict  # member_inputs(...), replicated: what train_step needs per member
+    take_member: Any  # (tree, i) -> member i's slice of an N-stacked tree (jitted)
+    stack_members: Any  # (*trees) -> an N-stacked tree (jitted)
+
+    def step(self, state, batch: dict[str, jax.Array]):
+        return self.train_step(state, batch, self.constants, self.teacher_params, self.members)
 
 
-def build_run(config, data: data_lib.SessionData, placement: Placement, teacher: "Teacher | None", steps_per_epoch: int) -> Run:
-    """Initialises the model(s) and optimizer state and jits the steps over the mesh.
+def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher: "Teacher | None", steps_per_epoch: int) -> Run:
+    """Initialises N members' models and optimizer states and jits their vmapped steps.
 
-    Each step is compiled once per length bucket (the batch's padded width); the batch is sharded
-    on 'data', everything else replicated, and the train state donated.
+    `configs` is one config or a list of member configs (equal outside MEMBER_FIELDS). Each step
+    is compiled once per length bucket (the batch's padded width); the batch is sharded on 'data',
+    everything else replicated, and the train state donated.
     """
+    configs = [configs] if isinstance(configs, ml_collections.ConfigDict) else list(configs)
+    hparam_fields = [name for name in differing_fields(configs) if name in HPARAM_FIELDS]
+    config = configs[0]
     is_student = config.stage == "student"
     model = build_model(config, data.num_items)
-    terms = losses.objective_terms(config.distill if is_student else None)
     heads = DistillHeads(config.model.init_scheme) if is_student else None
     optimizer = make_optimizer(config, steps_per_epoch)
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    members = placement.replicate(member_inputs(configs, hparam_fields))
     cold_mask = ~data.hot_mask & (np.arange(data.num_items + 1) > 0)
-    constants = placement.replicate({"hot_mask": jnp.asarray(data.hot_mask), "cold_mask": jnp.asarray(cold_mask)})
+    constants = placement.replicate({"hot_mask": data.hot_mask, "cold_mask": cold_mask})
 
-    def init_state():
-        params = init_params(config, model, heads, init_key)
+    def init_member(seed):
+        params = init_params(config, model, heads, member_keys(seed)[0])
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
 
-    init_state = jax.jit(init_state, out_shardings=placement.replicated)
-    state = init_state()
-    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, terms)
+    init_state = jax.jit(lambda: jax.vmap(init_member)(members["seed"]), out_shardings=placement.replicated)
+    loss_fn = make_loss_fn(model, heads, teacher.model if teacher else None, config.distill if is_student else None)
     train_step = jax.jit(
-        make_train_step(loss_fn, optimizer, dropout_key),
-        in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated),
+        jax.vmap(make_train_step(loss_fn, config, steps_per_epoch), in_axes=(0, None, None, None, 0)),
+        in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated, placement.replicated),
         out_shardings=(placement.replicated, placement.replicated),
         donate_argnums=(0,),
     )
     metric_sums = jax.jit(
-        make_metric_sums_fn(model, evaluation.DEFAULT_KS),
+        jax.vmap(make_metric_sums_fn(model, evaluation.DEFAULT_KS), in_axes=(0, None, None)),
         in_shardings=(placement.replicated, placement.batch, placement.replicated),
         out_shardings=placement.replicated,
     )
-    return Run(init_state, state, train_step, metric_sums, constants, teacher.params if teacher else {})
+    take_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=placement.replicated)
+    stack_members = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=placement.replicated)
+    return Run(
+        init_state, init_state(), train_step, metric_sums, constants, teacher.params if teacher else {}, members, take_member, stack_members
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,23 +496,56 @@ def train_and_evaluate(
     `data` replaces the dataset the config names, for experiments on a modified copy of it (a
     resumed run must be given the same data).
     """
+    return train_members([config], [workdir], None if command is None else [command], data)[0]
+
+
+@dataclasses.dataclass
+class Member:
+    """One model of a run: its config, workdir, checkpoint managers, log and run record."""
+
+    config: Any
+    workdir: str
+    latest: Any
+    best: Any
+    record: dict
+    writer: Any = None
+    resumed_from_step: int | None = None
+
+
+def train_members(
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str],
+    commands: Sequence[str] | None = None,
+    data: data_lib.SessionData | None = None,
+) -> list[dict]:
+    """Trains N members at once with one vmapped step; returns each member's results (see above).
+
+    The configs may differ only in MEMBER_FIELDS. The members share every batch (the data order
+    depends on data_seed alone) and the loop position; each has its own metrics.jsonl,
+    checkpoints, early stopping and results.json in its workdir, and ends as it would alone.
+    Resuming restores every member at the newest step that all of their checkpoints hold.
+    """
     started = time.time()
     quiet_library_logs()
-    os.makedirs(workdir, exist_ok=True)
+    configs = list(configs)
+    check_members(configs, workdirs)
+    num_members = len(configs)
     placement = Placement.over_all_devices()
+    config = configs[0]
     check_batch_sizes(config, placement.num_devices)
-    is_student = config.stage == "student"
 
     # Input.
     data = data if data is not None else load_data(config)
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     steps_per_epoch = data_lib.num_train_batches(data.train, config.train.batch_size, buckets=buckets)
-    resolve_table_config(config, data.num_items)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    for member_config, workdir in zip(configs, workdirs, strict=True):
+        resolve_table_config(member_config, data.num_items)
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(member_config.to_json_best_effort(indent=2, sort_keys=True))
     logging.info(
-        "%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices.",
+        "%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices in %d processes, %d member(s).",
         data.name,
         data.num_items,
         len(data.train),
@@ -407,114 +553,163 @@ def train_and_evaluate(
         len(data.test),
         steps_per_epoch,
         placement.num_devices,
+        jax.process_count(),
+        num_members,
     )
 
     # Models, optimizer and the jitted steps.
-    teacher = load_teacher(config, data, placement) if is_student else None
-    run = build_run(config, data, placement, teacher, steps_per_epoch)
-    state, train_step, metric_sums, constants, teacher_params = (
-        run.state,
-        run.train_step,
-        run.metric_sums,
-        run.constants,
-        run.teacher_params,
-    )
+    teacher = load_teacher(config, data, placement) if config.stage == "student" else None
+    run = build_run(configs, data, placement, teacher, steps_per_epoch)
+    state = run.state
     ks = evaluation.DEFAULT_KS
 
-    def evaluate(split):
+    def evaluate(split) -> list[tuple[dict | None, dict | None]]:
+        """(metrics, cold-target metrics) of every member on `split`."""
         if len(split) == 0:  # e.g. valid_fraction=0: nothing to measure
-            return None, None
+            return [(None, None)] * num_members
         batches = data_lib.eval_batches(split, config.train.eval_batch_size, buckets=buckets)
-        return evaluation.evaluate_batches(lambda batch: metric_sums(state["params"], batch, constants), batches, placement.put_batch, ks)
+        totals = evaluation.split_totals(lambda batch: run.metric_sums(state["params"], batch, run.constants), batches, placement.put_batch)
+        member_totals = [{name: float(value[i]) for name, value in totals.items()} for i in range(num_members)]
+        return [(evaluation.means_from_sums(t, "all", ks), evaluation.means_from_sums(t, "cold", ks)) for t in member_totals]
 
-    # Checkpoints: resume order is existing checkpoint, else scratch.
-    latest = checkpointing.manager(os.path.join(workdir, "checkpoints", "latest"), max_to_keep=2)
-    best_checkpoints = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
-    record, resumed_from_step = new_record(), None
+    # Checkpoints: resume from the members' newest common checkpoint, else start from scratch.
+    members = [
+        Member(
+            config=member_config,
+            workdir=workdir,
+            latest=checkpointing.manager(os.path.join(workdir, "checkpoints", "latest"), max_to_keep=2),
+            best=checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1),
+            record=new_record(),
+        )
+        for member_config, workdir in zip(configs, workdirs, strict=True)
+    ]
     commit = git_commit()  # now, before any later checkout can change the files on disk
-    restored = checkpointing.restore_latest(latest, checkpointing.abstract_like(state))
+    restored = checkpointing.restore_latest([member.latest for member in members], checkpointing.abstract_like(run.take_member(state, 0)))
     if restored is not None:
-        state, record = restored
-        resumed_from_step = int(state["step"])
-        logging.info("Resumed from step %d (epoch %d, batch %d).", resumed_from_step, record["epoch"], record["batch_in_epoch"])
-    record.setdefault("commits", [])  # runs started before this field existed
-    if not record["commits"] or record["commits"][-1] != commit:
-        record["commits"].append(commit)
-
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        member_states, records = restored
+        state = run.stack_members(*member_states)
+        for member, record in zip(members, records, strict=True):
+            member.record, member.resumed_from_step = record, int(record["step"])
+        lead = members[0].record
+        logging.info("Resumed from step %d (epoch %d, batch %d).", lead["step"], lead["epoch"], lead["batch_in_epoch"])
+    for member in members:
+        member.record.setdefault("commits", [])  # runs started before this field existed
+        if not member.record["commits"] or member.record["commits"][-1] != commit:
+            member.record["commits"].append(commit)
+        member.writer = MetricWriter(member.workdir, enabled=jax.process_index() == 0)
+    # The loop position (phase, step, epoch, batch_in_epoch) is the same in every record.
+    lead = members[0].record
 
     def save_latest():
-        checkpointing.save(latest, int(state["step"]), state, record)
+        for i, member in enumerate(members):
+            checkpointing.save(member.latest, lead["step"], run.take_member(state, i), member.record)
+
+    def log_pending(pending, seconds):
+        fetched = jax.device_get([metrics for metrics, _ in pending])  # every value (N,)
+        examples = sum(count for _, count in pending)
+        for i, member in enumerate(members):
+            if not member.record["finished"]:
+                member.record["train_seconds"] += seconds
+                member_metrics = [{name: value[i] for name, value in metrics.items()} for metrics in fetched]
+                member.writer.log_train(lead["step"], lead["epoch"], member_metrics, examples, member.record)
 
     # The loop. Phase 'select' trains on train and selects on valid; with train.refit_on_valid, phase
     # 'refit' then trains a fresh model on train + valid for the selected number of epochs.
     train_and_valid = data_lib.concatenate_splits(data.train, data.valid) if config.train.refit_on_valid else None
     with checkpointing.PreemptionFlag() as preemption:
-        while not record["finished"]:
-            refit = record["phase"] == "refit"
-            epoch = record["epoch"]
-            num_epochs = record["best"]["epoch"] if refit else config.train.num_epochs
+        while not all(member.record["finished"] for member in members):
+            refit = lead["phase"] == "refit"
+            epoch = lead["epoch"]
+            num_epochs = lead["best"]["epoch"] if refit else config.train.num_epochs
             split = train_and_valid if refit else data.train
             batches = data_lib.train_batches(split, config.train.batch_size, data_seed=config.data_seed, epoch=epoch, buckets=buckets)
             pending, epoch_started = [], time.time()
-            progress = writer.progress(len(batches), initial=record["batch_in_epoch"], desc=f"{'refit ' if refit else ''}epoch {epoch}")
-            for index in range(record["batch_in_epoch"], len(batches)):
+            progress = members[0].writer.progress(
+                len(batches), initial=lead["batch_in_epoch"], desc=f"{'refit ' if refit else ''}epoch {epoch}"
+            )
+            for index in range(lead["batch_in_epoch"], len(batches)):
                 batch = batches[index]
-                state, metrics = train_step(state, placement.put_batch(batch), constants, teacher_params)
+                state, metrics = run.step(state, placement.put_batch(batch))
                 pending.append((metrics, int(batch["weights"].sum())))
-                record["batch_in_epoch"], record["step"] = index + 1, record["step"] + 1
-                step = record["step"]
+                for member in members:
+                    member.record["batch_in_epoch"], member.record["step"] = index + 1, member.record["step"] + 1
+                step = lead["step"]
                 if len(pending) >= config.train.log_every_steps or index + 1 == len(batches):
-                    record["train_seconds"] += time.time() - epoch_started
+                    log_pending(pending, time.time() - epoch_started)
                     epoch_started = time.time()
-                    writer.log_train(step, epoch, pending, record)
                     progress.update(len(pending))
                     pending = []
                 if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
                     save_latest()
                 if preemption.should_stop(step):
-                    record["train_seconds"] += time.time() - epoch_started
                     if pending:
-                        writer.log_train(step, epoch, pending, record)
+                        log_pending(pending, time.time() - epoch_started)
                     save_latest()
                     progress.close()
-                    writer.close()
+                    for member in members:
+                        member.writer.close()
                     logging.warning("Preempted at step %d; rerun the same command to continue.", step)
-                    return {"preempted": True, "step": step}
+                    return [{"preempted": True, "step": step}] * num_members
             progress.close()
 
             # End of epoch: evaluate, select on validation (select phase), checkpoint.
-            record["epoch"], record["batch_in_epoch"] = epoch + 1, 0
+            for member in members:
+                member.record["epoch"], member.record["batch_in_epoch"] = epoch + 1, 0
             is_last_epoch = epoch + 1 >= num_epochs
+            stops = [is_last_epoch] * num_members
             if (epoch + 1) % config.train.eval_every_epochs == 0 or is_last_epoch:
-                entry = {"step": record["step"], "epoch": epoch + 1, "valid": None}
-                if not refit:
-                    entry["valid"], _ = evaluate(data.valid)
-                entry["test"], entry["test_cold"] = evaluate(data.test)
-                entry["losses"] = {name: value / max(record["epoch_loss_steps"], 1) for name, value in record["epoch_loss_sums"].items()}
-                writer.log_eval(entry)
-                record["refit_history" if refit else "history"].append(entry)
-                if not refit:
-                    is_last_epoch |= update_selection(record, entry, config.train, state, best_checkpoints)
-            record["epoch_loss_sums"], record["epoch_loss_steps"] = {}, 0
-            if is_last_epoch and refit:
-                # The refit model is the one to ship and to distil from: it replaces best/.
-                checkpointing.save(best_checkpoints, record["step"], {"params": state["params"]["model"]}, {"refit": True})
-                record["finished"] = True
-            elif is_last_epoch and config.train.refit_on_valid:
-                logging.info("Selected epoch %d on valid; refitting a fresh model on train + valid.", record["best"]["epoch"])
-                state = dict(run.init_state(), step=jnp.asarray(record["step"], jnp.int32))
-                record.update(phase="refit", epoch=0, batch_in_epoch=0)
-            else:
-                record["finished"] = is_last_epoch
+                valid = [(None, None)] * num_members if refit else evaluate(data.valid)
+                test = evaluate(data.test)
+                for i, member in enumerate(members):
+                    if member.record["finished"]:
+                        continue
+                    record = member.record
+                    entry = {"step": lead["step"], "epoch": epoch + 1, "valid": valid[i][0], "test": test[i][0], "test_cold": test[i][1]}
+                    entry["losses"] = {
+                        name: value / max(record["epoch_loss_steps"], 1) for name, value in record["epoch_loss_sums"].items()
+                    }
+                    member.writer.log_eval(entry)
+                    record["refit_history" if refit else "history"].append(entry)
+                    if not refit:
+                        stops[i] |= update_selection(record, entry, config.train, run.take_member(state, i), member.best)
+            for i, member in enumerate(members):
+                record = member.record
+                record["epoch_loss_sums"], record["epoch_loss_steps"] = {}, 0
+                if record["finished"]:
+                    continue
+                if stops[i] and refit:
+                    # The refit model is the one to ship and to distil from: it replaces best/.
+                    member_params = run.take_member(state, i)["params"]["model"]
+                    checkpointing.save(member.best, record["step"], {"params": member_params}, {"refit": True})
+                    record["finished"] = True
+                elif stops[i] and config.train.refit_on_valid:  # a run of one member (check_members)
+                    logging.info("Selected epoch %d on valid; refitting a fresh model on train + valid.", record["best"]["epoch"])
+                    state = dict(run.init_state(), step=placement.replicate(np.full((num_members,), record["step"], np.int32)))
+                    record.update(phase="refit", epoch=0, batch_in_epoch=0)
+                else:
+                    record["finished"] = stops[i]
             save_latest()
 
-    writer.close()
-    results = build_results(config, data, record, state, teacher, resumed_from_step, placement, time.time() - started, command)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-    return results
+    all_results = []
+    for i, member in enumerate(members):
+        member.writer.close()
+        command = commands[i] if commands else None
+        results = build_results(
+            member.config,
+            data,
+            member.record,
+            run.take_member(state, i),
+            teacher,
+            member.resumed_from_step,
+            placement,
+            time.time() - started,
+            command,
+        )
+        if jax.process_index() == 0:
+            with open(os.path.join(member.workdir, "results.json"), "w") as f:
+                json.dump(results, f, indent=2, sort_keys=True)
+        all_results.append(results)
+    return all_results
 
 
 # ----------------------------------------------------------------------------------------------

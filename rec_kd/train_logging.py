@@ -10,7 +10,6 @@ import math
 import os
 import time
 
-import jax
 import numpy as np
 import tqdm
 from absl import logging
@@ -56,10 +55,8 @@ class MetricWriter:
                 tag = name if "/" in name else f"{prefix}/{name}"
                 self._tensorboard.add_scalar(tag.replace("@", "_at_"), value, step)  # TensorBoard tags allow no '@'.
 
-    def log_train(self, step: int, epoch: int, pending: list, record: dict) -> None:
-        """Fetches the pending steps' metrics, adds them to the epoch's loss sums, writes their mean."""
-        fetched = jax.device_get([metrics for metrics, _ in pending])
-        examples = sum(count for _, count in pending)
+    def log_train(self, step: int, epoch: int, fetched: list[dict], examples: int, record: dict) -> None:
+        """Adds fetched per-step metrics (host values) to the epoch's loss sums and writes their mean."""
         means = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
         if not all(math.isfinite(value) for value in means.values()):
             raise FloatingPointError(f"non-finite training metrics at step {step}: {means}")

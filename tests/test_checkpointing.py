@@ -24,7 +24,7 @@ def damage(step_dir: str) -> None:
 def test_save_then_restore_round_trips_state_and_meta(tmp_path):
     manager = checkpointing.manager(str(tmp_path / "ckpt"), max_to_keep=2)
     checkpointing.save(manager, 5, make_state(5.0), {"epoch": 1, "history": [{"hr@20": 0.25}]})
-    state, meta = checkpointing.restore_latest(manager, checkpointing.abstract_like(make_state(0.0)))
+    [state], [meta] = checkpointing.restore_latest([manager], checkpointing.abstract_like(make_state(0.0)))
     np.testing.assert_array_equal(state["params"]["w"], np.full((3, 2), 5.0))
     assert int(state["step"]) == 5
     assert meta == {"epoch": 1, "history": [{"hr@20": 0.25}]}
@@ -32,7 +32,7 @@ def test_save_then_restore_round_trips_state_and_meta(tmp_path):
 
 def test_empty_directory_restores_nothing(tmp_path):
     manager = checkpointing.manager(str(tmp_path / "empty"), max_to_keep=2)
-    assert checkpointing.restore_latest(manager, checkpointing.abstract_like(make_state(0.0))) is None
+    assert checkpointing.restore_latest([manager], checkpointing.abstract_like(make_state(0.0))) is None
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -43,7 +43,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     damage(str(directory / "2"))
     manager = checkpointing.manager(str(directory), max_to_keep=2)  # a fresh process
     with caplog.at_level("WARNING"):
-        state, meta = checkpointing.restore_latest(manager, checkpointing.abstract_like(make_state(0.0)))
+        [state], [meta] = checkpointing.restore_latest([manager], checkpointing.abstract_like(make_state(0.0)))
     assert int(state["step"]) == 1 and meta == {"epoch": 0}
     np.testing.assert_array_equal(state["params"]["b"], np.arange(4.0))
     assert any("step 2" in record.getMessage() and "falling back" in record.getMessage() for record in caplog.records)
@@ -55,5 +55,23 @@ def test_all_checkpoints_damaged_is_a_clear_error(tmp_path):
     checkpointing.save(manager, 1, make_state(1.0), {"epoch": 0})
     damage(str(directory / "1"))
     manager = checkpointing.manager(str(directory), max_to_keep=2)
-    with pytest.raises(checkpointing.CheckpointError, match="none of the checkpoints"):
-        checkpointing.restore_latest(manager, checkpointing.abstract_like(make_state(0.0)))
+    with pytest.raises(checkpointing.CheckpointError, match="no checkpoint step common to every member restores"):
+        checkpointing.restore_latest([manager], checkpointing.abstract_like(make_state(0.0)))
+
+
+def test_members_restore_at_their_newest_common_step(tmp_path):
+    """A kill between two members' saves leaves member a one step ahead: both resume at step 1."""
+    managers = [checkpointing.manager(str(tmp_path / name), max_to_keep=2) for name in ("a", "b")]
+    for step in (1, 2):
+        checkpointing.save(managers[0], step, make_state(step), {"member": "a", "step": step})
+    checkpointing.save(managers[1], 1, make_state(10.0), {"member": "b", "step": 1})
+    states, metas = checkpointing.restore_latest(managers, checkpointing.abstract_like(make_state(0.0)))
+    assert metas == [{"member": "a", "step": 1}, {"member": "b", "step": 1}]
+    np.testing.assert_array_equal(states[1]["params"]["w"], np.full((3, 2), 10.0))
+
+
+def test_members_without_a_common_step_is_a_clear_error(tmp_path):
+    managers = [checkpointing.manager(str(tmp_path / name), max_to_keep=2) for name in ("a", "b")]
+    checkpointing.save(managers[0], 3, make_state(3.0), {})
+    with pytest.raises(checkpointing.CheckpointError, match=r"b \(steps \[\]\)"):
+        checkpointing.restore_latest(managers, checkpointing.abstract_like(make_state(0.0)))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import defaults, losses, train
+from rec_kd import defaults, train
 from rec_kd.models import DistillHeads, build_model
 
 NUM_ITEMS = 11
@@ -35,10 +35,9 @@ def student_gradients(variant: str = ""):
     heads = DistillHeads()
     params = train.init_params(config, student, heads, jax.random.key(0))
     teacher_params = train.init_model_params(teacher, config.data.max_len, jax.random.key(1))
-    terms = losses.objective_terms(config.distill)
-    loss_fn = train.make_loss_fn(student, heads, teacher, terms)
+    loss_fn = train.make_loss_fn(student, heads, teacher, config.distill)
     constants = {"hot_mask": HOT_MASK}
-    grads = jax.grad(lambda p, t: loss_fn(p, BATCH, jax.random.key(2), constants, t)[0], argnums=(0, 1))(params, teacher_params)
+    grads = jax.grad(lambda p, t: loss_fn(p, BATCH, jax.random.key(2), constants, t, {})[0], argnums=(0, 1))(params, teacher_params)
     return params, grads
 
 

@@ -7,7 +7,9 @@ tests, to keep this file to a few minutes on 2 cores.
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,9 +82,15 @@ def tmall_teacher(tmp_path_factory, data_dir) -> Path:
     return workdir
 
 
-def test_teacher_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
-    four = tmp_path / "tmall_teacher_4dev"
-    run_main("tmall.py:teacher,smoke", four, data_dir, *TMALL_SMOKE, num_devices=4)
+@pytest.fixture(scope="module")
+def tmall_teacher_four_devices(tmp_path_factory, data_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("runs") / "tmall_teacher_4dev"
+    run_main("tmall.py:teacher,smoke", workdir, data_dir, *TMALL_SMOKE, num_devices=4)
+    return workdir
+
+
+def test_teacher_four_devices_equal_one(tmall_teacher, tmall_teacher_four_devices):
+    four = tmall_teacher_four_devices
     one_losses, four_losses = train_losses(tmall_teacher), train_losses(four)
     assert len(one_losses) == 6 and one_losses.keys() == four_losses.keys()  # 600 examples / batch 100
     for step in one_losses:
@@ -93,6 +101,36 @@ def test_teacher_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
     assert teacher["params"]["item_table"] == 40728 * 128
     for name in ("hr@20", "mrr@20", "ndcg@20"):
         assert results(four)["test"][name] == pytest.approx(teacher["test"][name], abs=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmall_teacher_four_devices, tmp_path, data_dir):
+    """jax.distributed on 127.0.0.1: each process feeds its half of every batch; Orbax saves collectively."""
+    workdir, port = tmp_path / "two_processes", free_port()
+    processes = []
+    for process_id in range(2):
+        env = main_env(2)
+        env.update(REC_KD_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", REC_KD_NUM_PROCESSES="2", REC_KD_PROCESS_ID=str(process_id))
+        command = main_command("tmall.py:teacher,smoke", workdir, data_dir, *TMALL_SMOKE)
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    expected, got = results(tmall_teacher_four_devices), results(workdir)
+    assert got["num_devices"] == 4
+    for split in ("valid", "test", "test_cold"):
+        for name, value in expected[split].items():
+            assert got[split][name] == pytest.approx(value, abs=1e-5), (split, name)
+    four_losses, two_process_losses = train_losses(tmall_teacher_four_devices), train_losses(workdir)
+    assert two_process_losses.keys() == four_losses.keys()  # one writer: process 0 only
+    for step, loss in four_losses.items():
+        assert two_process_losses[step] == pytest.approx(loss, abs=1e-5), step
+    assert (workdir / "checkpoints" / "best").is_dir() and len(list((workdir / "checkpoints" / "latest").glob("[0-9]*"))) >= 1
 
 
 def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
@@ -138,29 +176,45 @@ def wait_for_train_step(workdir: Path, min_step: int, process: subprocess.Popen,
     raise AssertionError(f"no training step >= {min_step} within {timeout} s")
 
 
-def test_sigterm_then_rerun_ends_like_an_uninterrupted_run(tmp_path, data_dir):
-    overrides = ["--config.train.num_epochs=3"]
+def start_main(config, workdir, data_dir, *overrides) -> subprocess.Popen:
+    command = main_command(config, workdir, data_dir, *overrides)
+    return subprocess.Popen(command, cwd=REPO, env=main_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def resumed_step(stderr: str) -> int | None:
+    match = re.search(r"Resumed from step (\d+)", stderr)
+    return int(match.group(1)) if match else None
+
+
+def test_sigterm_at_three_steps_and_a_sigkill_end_like_an_uninterrupted_run(tmp_path, data_dir):
+    """3 epochs of 32 steps, periodic checkpoints every 10 steps (smoke); each stop is followed by a rerun."""
+    overrides = ["--config.train.num_epochs=3", "--config.train.log_every_steps=1"]
     straight = tmp_path / "straight"
     run_main("ml_100k.py:teacher,smoke", straight, data_dir, *overrides)
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        main_command("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides),
-        cwd=REPO,
-        env=main_env(1),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_train_step(interrupted, 40, process)  # mid-way through epoch 2 of 3 (32 steps an epoch)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0
-    assert not (interrupted / "results.json").exists()
+    resumes = []
+    for sig, min_step in ((signal.SIGTERM, 5), (signal.SIGTERM, 40), (signal.SIGKILL, 62), (signal.SIGTERM, 80)):
+        process = start_main("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides)
+        wait_for_train_step(interrupted, min_step, process)
+        process.send_signal(sig)
+        code = process.wait(timeout=120)
+        stderr = process.stderr.read()
+        resumes.append(resumed_step(stderr))
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), stderr[-2000:]
+        assert not (interrupted / "results.json").exists()
+        if sig == signal.SIGKILL:
+            killed_after = max(train_losses(interrupted))
     rerun = run_main("ml_100k.py:teacher,smoke", interrupted, data_dir, *overrides)
-    assert "Resumed from step" in rerun.stderr
+    resumes.append(resumed_step(rerun.stderr))
+
+    assert resumes[0] is None and all(step is not None for step in resumes[1:])
+    assert resumes[1:] == sorted(resumes[1:])
+    # SIGKILL loses at most the steps since the last periodic checkpoint (every 10 steps).
+    after_kill = resumes[3]
+    assert killed_after - 10 <= after_kill <= killed_after
     resumed, expected = results(interrupted), results(straight)
-    assert resumed["resumed_from_step"] >= 40
-    assert expected["resumed_from_step"] is None
+    assert resumed["resumed_from_step"] == resumes[-1] and expected["resumed_from_step"] is None
     assert resumed["selected_step"] == expected["selected_step"]
     for split in ("valid", "test", "test_cold"):
         for name, value in expected[split].items():

@@ -49,10 +49,13 @@ class SoftAttentionReadout(nn.Module):
     init_scheme: str = "standard"
 
     @nn.compact
-    def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:  # (B, L, D), (B, L) -> (B, D)
+    def __call__(self, h: jax.Array, mask: jax.Array, summary: jax.Array | None = None) -> jax.Array:  # (B, L, D), (B, L)
+        """Session vectors (B, D). `summary` (B, D), if given, is added to the mean m in the gate."""
         kernel_init, _, _ = initializers(self.init_scheme)
         dim = h.shape[-1]
         mean = masked_mean(h, mask)  # (B, D)
+        if summary is not None:
+            mean = mean + summary
         gate = nn.Dense(dim, kernel_init=kernel_init, name="w1")(jnp.tanh(h))  # (B, L, D)
         gate = gate + nn.Dense(dim, use_bias=False, kernel_init=kernel_init, name="w2_mean")(mean)[:, None, :]
         beta = nn.Dense(1, use_bias=False, kernel_init=kernel_init, name="w_beta")(nn.sigmoid(gate))  # (B, L, 1)

@@ -12,6 +12,14 @@ import jax.numpy as jnp
 from rec_kd.compress import sttd
 from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initializers
 
+# 'mean': METHOD.md's readout (the gate sees the masked mean of the encoder outputs). 'mean+summary':
+# the gate also sees the output of a learned summary token placed right after the session, which
+# attends to the whole session. Why: under causal attention every real position sees only a
+# prefix, so the masked mean under-weights the full session; the authors' code (bug 8, the mean
+# over padded positions too) gets a whole-session signal by accident, from the padded positions'
+# outputs, at the price of depending on the padded width. docs/method.md has the measurements.
+READOUTS = ("mean", "mean+summary")
+
 # Logit given to the padding item: finite so that softmax/KL stay NaN-free, small enough that its
 # probability underflows to exactly zero.
 PADDING_LOGIT = -1e9
@@ -44,6 +52,7 @@ class SeqRecModel(nn.Module):
     dropout_rate: float = 0.5
     max_len: int = 50
     init_scheme: str = "standard"
+    readout: str = "mean"
     sttd_spec: sttd.STTDSpec | None = None
 
     def setup(self):
@@ -70,14 +79,20 @@ class SeqRecModel(nn.Module):
                     return sttd.init_cores(key, spec, target_std=self.hidden_dim**-0.5)
 
             self.sttd_cores = self.param("sttd_cores", init_fn)
-        self.position_embedding = self.param("position_embedding", embedding_init, (self.max_len, self.hidden_dim))
+        if self.readout not in READOUTS:
+            raise ValueError(f"unknown readout {self.readout!r}; expected one of {READOUTS}")
+        summary = self.readout == "mean+summary"
+        # With a summary token, position max_len exists too (the token sits right after the session).
+        self.position_embedding = self.param("position_embedding", embedding_init, (self.max_len + summary, self.hidden_dim))
+        if summary:
+            self.summary_embedding = self.param("summary_embedding", embedding_init, (1, self.hidden_dim))
         self.input_norm = nn.LayerNorm(scale_init=ln_init)
         self.input_dropout = nn.Dropout(self.dropout_rate)
         self.blocks = [
             TransformerBlock(self.num_heads, self.inner_dim, self.dropout_rate, self.init_scheme, name=f"block_{i}")
             for i in range(self.num_layers)
         ]
-        self.readout = SoftAttentionReadout(self.init_scheme)
+        self.readout_head = SoftAttentionReadout(self.init_scheme, name="readout")
 
     def item_table(self) -> jax.Array:
         """(num_items + 1, D) item embeddings; materialised from the cores for an STTD table."""
@@ -87,13 +102,24 @@ class SeqRecModel(nn.Module):
 
     def encode(self, table: jax.Array, items: jax.Array, lengths: jax.Array, train: bool) -> jax.Array:
         """Session vectors (B, D) for right-padded item ids (B, L) with `lengths` (B,) real items."""
+        summary = self.readout == "mean+summary"
+        if summary:  # one more column for the summary token at position `length`
+            items = jnp.pad(items, ((0, 0), (0, 1)))
         length = items.shape[1]
-        mask = position_mask(lengths, length)  # (B, L)
-        x = table[items] + self.position_embedding[None, :length]  # (B, L, D)
+        mask = position_mask(lengths, length)  # (B, L), real items only
+        x = table[items]
+        if summary:
+            is_summary = (jnp.arange(length)[None, :] == lengths[:, None])[..., None]  # (B, L, 1)
+            x = jnp.where(is_summary, self.summary_embedding[None], x)
+        x = x + self.position_embedding[None, :length]  # (B, L, D)
         x = self.input_dropout(self.input_norm(x), deterministic=not train)
         for block in self.blocks:
             x = block(x, mask, train)
-        return self.readout(x, mask)
+        if not summary:
+            return self.readout_head(x, mask)
+        # The token's query attends to every real item (keys are masked to real items, and the
+        # causal mask lets a later position see all earlier ones): a whole-session summary.
+        return self.readout_head(x, mask, x[jnp.arange(x.shape[0]), lengths])
 
     def __call__(self, items: jax.Array, lengths: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """Returns {'session': (B, D), 'table': (N + 1, D), 'scores': (B, N + 1) with padding masked}."""
@@ -118,6 +144,7 @@ def build_model(config, num_items: int) -> SeqRecModel:
         dropout_rate=model_config.dropout_rate,
         max_len=config.data.max_len,
         init_scheme=model_config.init_scheme,
+        readout=model_config.get("readout", "mean"),  # runs from before this field: 'mean'
         sttd_spec=spec,
     )
 
