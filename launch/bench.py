@@ -1,12 +1,17 @@
 """Training and evaluation throughput at the paper's Tmall shapes; prints one JSON object.
 
   python -m launch.bench --data_dir=../shared/data [--stages=teacher,student] [--batch_sizes=100,256,1024]
+  python -m launch.bench --data_dir=../shared/data --batch_sizes=100 --members=1,8 --eval=false   # vmapped seeds
 
 Training: examples/s of the real jitted train step (optimizer included, fp32), over batches drawn
 from Tmall's training split in the trainer's own order (so the real length mix and buckets), with
 compilation excluded: every bucket's step is compiled and run once before the clock starts. The
 student runs the full objective (teacher forward, student forward, rec + KD + contrastive +
 predictive) against a randomly initialised teacher, which costs the same as a trained one.
+With --members=1,8, each (stage, batch size) is also timed as N members (seeds 0..N-1) trained by
+one vmapped step (rec_kd.train.train_members' program): `model_examples_per_s` counts every
+member's examples, and `speedup_vs_sequential` divides it by the one-member rate, i.e. N models
+vmapped against the same N trained one after another.
 Evaluation: seconds for full-ranking metrics over the whole Tmall test split, compiled first.
 Peak memory: the device's peak bytes in use where the backend reports it, else the process's
 peak RSS. Figures are machine-dependent: record the machine and date beside them.
@@ -27,6 +32,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding tm
 _DATASET = flags.DEFINE_string("dataset", "tmall", "Dataset whose shapes are benchmarked.")
 _STAGES = flags.DEFINE_list("stages", ["teacher", "student"], "Which train steps to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100", "256", "1024"], "Global batch sizes to time.")
+_MEMBERS = flags.DEFINE_list("members", ["1"], "Member counts to time (vmapped seeds); 1 = a single model.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed training seconds per (stage, batch size), at least.")
 _EVAL = flags.DEFINE_bool("eval", True, "Also time full-ranking evaluation of the test split.")
 
@@ -38,13 +44,16 @@ def random_teacher(config, data, placement) -> train.Teacher:
     return train.Teacher(model=model, params=params, step=0, workdir="(random init)", config=teacher_config)
 
 
-def time_training(stage: str, batch_size: int, data, placement) -> dict:
+def time_training(stage: str, batch_size: int, data, placement, num_members: int = 1) -> dict:
     config = defaults.get_config(data.name, stage)
     config.train.batch_size = batch_size
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     batches = data_lib.train_batches(data.train, batch_size, data_seed=0, epoch=0, buckets=buckets)
     teacher = random_teacher(config, data, placement) if stage == "student" else None
-    run = train.build_run(config, data, placement, teacher, len(batches))
+    configs = [config.copy_and_resolve_references() for _ in range(num_members)]
+    for seed, member_config in enumerate(configs):
+        member_config.seed = seed
+    run = train.build_run(configs, data, placement, teacher, len(batches))
     state = run.state
 
     def step(state, batch):
@@ -67,6 +76,8 @@ def time_training(stage: str, batch_size: int, data, placement) -> dict:
     return {
         "stage": stage,
         "batch_size": batch_size,
+        "members": num_members,
+        "model_examples_per_s": num_members * examples / seconds,
         "steps": index,
         "examples": examples,
         "seconds": seconds,
@@ -123,9 +134,16 @@ def main(argv):
     }
     for stage in _STAGES.value:
         for batch_size in (int(size) for size in _BATCH_SIZES.value):
-            report["training"].append(time_training(stage, batch_size, data, placement))
+            rows = [time_training(stage, batch_size, data, placement, int(n)) for n in _MEMBERS.value]
+            single = next((row for row in rows if row["members"] == 1), None)
+            for row in rows:
+                if single is not None:
+                    row["speedup_vs_sequential"] = row["model_examples_per_s"] / single["model_examples_per_s"]
+            report["training"].extend(rows)
     for stage in _STAGES.value:
-        rows = [row for row in report["training"] if row["stage"] == stage]
+        rows = [row for row in report["training"] if row["stage"] == stage and row["members"] == 1]
+        if not rows:
+            continue
         best = max(rows, key=lambda row: row["examples_per_s"])
         report[f"{stage}_best"] = {"batch_size": best["batch_size"], "examples_per_s": best["examples_per_s"]}
     if _EVAL.value:

@@ -4,8 +4,9 @@
   python -m launch.reproduce --root=/tmp/odrec_smoke --data_dir=../shared/data --smoke  # minutes, on slices
   python -m launch.reproduce --root=... --datasets=tmall --seeds=0 --rows=teacher,main,ce
 
-Every run is an ordinary `python -m rec_kd.main` command in its own workdir, ROOT/DATASET/ROW_sSEED;
-a finished run (results.json present) is skipped and an interrupted one resumes, so rerunning the
+Every run is an ordinary `python -m rec_kd.main` command in its own workdir, ROOT/DATASET/ROW_sSEED,
+run one at a time by the sweep runner (rec_kd.sweeps.run_jobs; output in WORKDIR/stdout.log); a
+finished run (results.json present) is skipped and an interrupted one resumes, so rerunning the
 same command continues the grid. Nothing is written into the repository. `launch/report.py` turns
 ROOT into tables and plots.
 
@@ -20,12 +21,11 @@ Rows (students distil the dataset's seed-0 teacher):
 
 import dataclasses
 import os
-import subprocess
 import sys
 
 from absl import app, flags, logging
 
-from rec_kd import defaults
+from rec_kd import defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
 
@@ -142,22 +142,27 @@ def main(argv):
         raise app.UsageError(f"unknown rows {sorted(unknown)}; expected some of {ROWS}")
     rows = [row for row in ROWS if row in _ROWS.value]  # teachers first
     root = os.path.abspath(_ROOT.value)
+    jobs, skipped = [], 0
     for dataset in _DATASETS.value:
         num_items = load_dataset(dataset, _DATA_DIR.value).num_items
         for run in grid(dataset, num_items, rows, [int(s) for s in _SEEDS.value], _SMOKE.value, _DATA_DIR.value, root):
             cmd = command(run, root)
+            workdir = os.path.join(root, run.dataset, run.name)
             if _DRY_RUN.value:
                 print(" ".join(cmd))
-                continue
-            if os.path.exists(os.path.join(root, run.dataset, run.name, "results.json")):
-                logging.info("%s/%s: finished, skipped.", run.dataset, run.name)
-                continue
-            logging.info("%s/%s: %s", run.dataset, run.name, " ".join(cmd))
-            result = subprocess.run(cmd)
-            if result.returncode != 0:
-                sys.exit(f"{run.dataset}/{run.name} failed with exit code {result.returncode}; rerun to resume")
-            if not os.path.exists(os.path.join(root, run.dataset, run.name, "results.json")):
-                sys.exit(f"{run.dataset}/{run.name} was stopped (SIGTERM); rerun the same command to continue the grid")
+            elif sweeps.run_is_finished(workdir):
+                skipped += 1
+            else:
+                jobs.append(sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log")))
+    if _DRY_RUN.value:
+        return
+    logging.info("%d runs finished (skipped); running %d in order, one at a time (logs: WORKDIR/stdout.log).", skipped, len(jobs))
+    codes = sweeps.run_jobs(jobs, parallel=1)  # in grid order: teachers before their students
+    failed = {name: code for name, code in codes.items() if code > 0}
+    if failed:
+        sys.exit(f"failed: {failed}; see their stdout.log, then rerun to resume the grid")
+    if any(not sweeps.run_is_finished(os.path.dirname(job.log_path)) for job in jobs):
+        sys.exit("stopped (SIGTERM) before the grid finished; rerun the same command to continue")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Run a sweep file locally, N processes at once or vectorised, or write its cluster job script.
 
-  python -m launch.sweep --sweep=sweeps/seeds_lr.py --root=/tmp/sweep                  # one run at a time
-  python -m launch.sweep --sweep=... --root=... --parallel=2                           # two processes at once
-  python -m launch.sweep --sweep=... --root=... --vmap                                 # vmapped groups
-  python -m launch.sweep --sweep=... --root=... --mode=slurm --vmap                    # writes ROOT/sweep.slurm
+  python -m launch.sweep --sweep=my_sweep.py --root=/tmp/sweep                  # vmapped groups, one at a time
+  python -m launch.sweep --sweep=... --root=... --novmap --parallel=2            # one process a run, two at once
+  python -m launch.sweep --sweep=... --root=... --mode=slurm                     # writes ROOT/sweep.slurm
   python -m launch.sweep --sweep=... --root=... --mode=tpu                             # writes ROOT/sweep_tpu.sh
   python -m launch.sweep --sweep=... --root=... --mode=list                            # prints the commands
 
 The sweep file format is in rec_kd/sweeps.py; docs/scaling.md walks through every mode. Rerunning
 the same command skips finished runs and resumes interrupted ones. SIGTERM or Ctrl-C stops every
-running job cleanly (each saves a checkpoint). `--vmap` trains the runs that differ only in seed,
-learning rate, loss weights or temperatures as members of one program (rec_kd.train.train_members);
-`--members` is how such a group is started and is not meant to be typed.
+running job cleanly (each saves a checkpoint). By default (`--vmap`) the runs that differ only in
+seed, learning rate, loss weights or temperatures train as members of one program
+(rec_kd.train.train_members); `--novmap` gives every run its own process. `--members` is how such
+a group is started and is not meant to be typed.
 """
 
 import os
@@ -27,7 +27,9 @@ _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a Python file with get_
 _ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs, ROOT/RUN_NAME (outside the repository).")
 _MODE = flags.DEFINE_enum("mode", "local", ["local", "list", "slurm", "tpu"], "Run here, print the commands, or write a job script.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Local mode: processes at once.")
-_VMAP = flags.DEFINE_bool("vmap", False, "Group runs that differ only in vectorisable fields into one vmapped program each.")
+_VMAP = flags.DEFINE_bool(
+    "vmap", True, "Train runs that differ only in seed, learning rate, loss weights or temperatures as vmapped members of one program."
+)
 _MEMBERS = flags.DEFINE_string("members", "", "Internal: ';'-separated run names to train now, in this process, as members.")
 _SLURM_ARGS = flags.DEFINE_list("slurm_args", ["--gpus-per-task=1", "--time=24:00:00"], "Slurm mode: extra #SBATCH lines.")
 flags.mark_flags_as_required(["sweep", "root"])

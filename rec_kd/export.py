@@ -232,10 +232,12 @@ def transformer_block(g: GraphBuilder, x: str, allowed: str, params: dict, name:
     return g.layer_norm(g.op("Add", x, hidden), params["ffn_norm"], f"{name}.ffn_norm")
 
 
-def soft_attention_readout(g: GraphBuilder, h: str, mask: str, params: dict) -> str:
-    """rec_kd.models.layers.SoftAttentionReadout: (B, L, D), (B, L, 1) float mask -> (B, D)."""
+def soft_attention_readout(g: GraphBuilder, h: str, mask: str, params: dict, summary: str | None = None) -> str:
+    """rec_kd.models.layers.SoftAttentionReadout: (B, L, D), (B, L, 1) float mask [, (B, D) summary] -> (B, D)."""
     count = g.op("Max", g.reduce_sum(mask, 1, keepdims=0), g.constant(np.float32(1.0)))  # (B, 1)
     mean = g.op("Div", g.reduce_sum(g.op("Mul", h, mask), 1, keepdims=0), count)  # (B, D)
+    if summary is not None:
+        mean = g.op("Add", mean, summary)
     gate = g.dense(g.op("Tanh", h), params["w1"], "readout.w1")  # (B, L, D)
     gate = g.op("Add", gate, g.unsqueeze(g.dense(mean, params["w2_mean"], "readout.w2_mean"), [1]))
     beta = g.dense(g.op("Sigmoid", gate), params["w_beta"], "readout.w_beta")  # (B, L, 1)
@@ -267,12 +269,17 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
     g = GraphBuilder(quantize)
     length, dim, spec = model.max_len, model.hidden_dim, model.sttd_spec
 
+    # The 'mean+summary' readout appends one column: the summary token sits at position `length`.
+    summary = getattr(model, "readout", "mean") == "mean+summary"
+    width = length + summary
     items = INPUT_ITEMS  # (B, L) int32
+    if summary:
+        items = g.op("Pad", items, g.constant(np.asarray([0, 0, 0, 1], np.int64)))  # (B, L + 1)
     lengths = g.unsqueeze(INPUT_LENGTHS, [1])  # (B, 1)
-    positions = g.constant(np.arange(length, dtype=np.int32)[None, :])  # (1, L)
-    mask_bool = g.op("Less", positions, lengths)  # (B, L)
-    mask = g.unsqueeze(g.op("Cast", mask_bool, to=TensorProto.FLOAT), [2])  # (B, L, 1)
-    causal = g.constant(np.tril(np.ones((length, length), dtype=bool))[None, None])  # (1, 1, L, L)
+    positions = g.constant(np.arange(width, dtype=np.int32)[None, :])  # (1, W)
+    mask_bool = g.op("Less", positions, lengths)  # (B, W)
+    mask = g.unsqueeze(g.op("Cast", mask_bool, to=TensorProto.FLOAT), [2])  # (B, W, 1)
+    causal = g.constant(np.tril(np.ones((width, width), dtype=bool))[None, None])  # (1, 1, W, W)
     allowed = g.op("And", causal, g.unsqueeze(mask_bool, [1, 2]))  # (B, 1, L, L)
 
     if spec is None:
@@ -282,11 +289,17 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         table = materialized_table(g, cores, spec) if mode == "materialized" else None
 
     embedded = g.op("Gather", table, items, axis=0) if table else factored_lookup(g, cores, spec, items)
-    x = g.op("Add", embedded, g.weight("position_embedding", params["position_embedding"][:length]))
+    if summary:
+        is_summary = g.unsqueeze(g.op("Equal", positions, lengths), [2])  # (B, W, 1)
+        embedded = g.op("Where", is_summary, g.weight("summary_embedding", params["summary_embedding"]), embedded)
+    x = g.op("Add", embedded, g.weight("position_embedding", params["position_embedding"][:width]))
     x = g.layer_norm(x, params["input_norm"], "input_norm")
     for i in range(model.num_layers):
         x = transformer_block(g, x, allowed, params[f"block_{i}"], f"block_{i}", dim, model.num_heads)
-    session = soft_attention_readout(g, x, mask, params["readout"])  # (B, d)
+    summary_vector = None
+    if summary:  # the token's encoder output: (B, d)
+        summary_vector = g.reduce_sum(g.op("Mul", x, g.op("Cast", is_summary, to=TensorProto.FLOAT)), 1, keepdims=0)
+    session = soft_attention_readout(g, x, mask, params["readout"], summary_vector)  # (B, d)
 
     if table:
         scores = g.op("Gemm", session, table, transB=1)  # (B, rows of the table)

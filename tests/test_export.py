@@ -70,8 +70,10 @@ def train_tiny(model: SeqRecModel, steps: int = 200):
     return params
 
 
-def tiny_model(spec) -> SeqRecModel:
-    return SeqRecModel(num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, sttd_spec=spec)
+def tiny_model(spec, readout: str = "mean") -> SeqRecModel:
+    return SeqRecModel(
+        num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, readout=readout, sttd_spec=spec
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,14 @@ def test_fp32_student_matches_jax(student, queries, tmp_path, mode):
     ref_ids, ref_scores = export.jax_top_k(model, params, *queries, 20)
     assert ids.shape == (32, 20)
     assert_same_top_k(ids, scores, ref_ids, ref_scores)
+
+
+@pytest.mark.parametrize("mode", ["materialized", "factored"])
+def test_fp32_student_with_the_summary_readout_matches_jax(queries, tmp_path, mode):
+    model = tiny_model(SPEC, readout="mean+summary")
+    params = train_tiny(model)
+    ids, scores = serving.Recommender.load(write_model(tmp_path, model, params, mode)).run(*queries)
+    assert_same_top_k(ids, scores, *export.jax_top_k(model, params, *queries, 20))
 
 
 def test_fp32_teacher_matches_jax(teacher, queries, tmp_path):

@@ -23,12 +23,14 @@ def np_dense(x, p):
     return x @ p["kernel"] + p.get("bias", 0.0)
 
 
-def np_readout(h, mask, p):
-    """beta_i = w . sigmoid(W1 tanh(h_i) + b1 + W2 m); s = sum mask beta h; m = masked mean."""
+def np_readout(h, mask, p, summaries=None):
+    """beta_i = w . sigmoid(W1 tanh(h_i) + b1 + W2 m); s = sum mask beta h; m = masked mean (+ summary)."""
     out = []
-    for hb, mb in zip(h, mask, strict=False):
+    for b, (hb, mb) in enumerate(zip(h, mask, strict=False)):
         real = hb[mb]
         mean = real.mean(0) if len(real) else np.zeros(hb.shape[-1])
+        if summaries is not None:
+            mean = mean + summaries[b]
         s = np.zeros(hb.shape[-1])
         for i in np.nonzero(mb)[0]:
             gate = np_dense(np.tanh(hb[i]), p["w1"]) + mean @ p["w2_mean"]["kernel"]
@@ -38,22 +40,30 @@ def np_readout(h, mask, p):
     return np.array(out)
 
 
-def np_forward(params, table, items, lengths, num_heads):
-    """One example at a time, loops over positions: embedding -> post-LN block -> readout -> scores."""
+def np_forward(params, table, items, lengths, num_heads, summary=False):
+    """One example at a time, loops over positions: embedding -> post-LN block -> readout -> scores.
+
+    summary=True: a summary token (its own embedding) sits at position `length` of a row one
+    column longer, and its encoder output is added to the readout's mean.
+    """
     params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     table = np.asarray(table, np.float64)
     block = params["block_0"]
     head_dim = DIM // num_heads
     sessions = []
     for row, length in zip(items, lengths, strict=False):
-        x = np_layer_norm(table[row] + params["position_embedding"][: len(row)], params["input_norm"])
+        embedded = table[row]
+        if summary:
+            embedded = np.concatenate([embedded, np.zeros((1, DIM))])
+            embedded[length] = params["summary_embedding"][0]
+        x = np_layer_norm(embedded + params["position_embedding"][: len(embedded)], params["input_norm"])
         q, k, v = (np_dense(x, block[name]) for name in ("query", "key", "value"))
         attended = np.zeros_like(x)
         for head in range(num_heads):
             cols = slice(head * head_dim, (head + 1) * head_dim)
-            for i in range(len(row)):
+            for i in range(len(x)):
                 logits = np.array(
-                    [q[i, cols] @ k[j, cols] / math.sqrt(head_dim) if (j <= i and j < length) else -10000.0 for j in range(len(row))]
+                    [q[i, cols] @ k[j, cols] / math.sqrt(head_dim) if (j <= i and j < length) else -10000.0 for j in range(len(x))]
                 )
                 probs = np.exp(logits - logits.max())
                 probs /= probs.sum()
@@ -62,8 +72,9 @@ def np_forward(params, table, items, lengths, num_heads):
         inner = np_dense(x, block["ffn_in"])
         inner = 0.5 * inner * (1 + np.vectorize(math.erf)(inner / math.sqrt(2)))
         x = np_layer_norm(x + np_dense(inner, block["ffn_out"]), block["ffn_norm"])
-        mask = np.arange(len(row)) < length
-        sessions.append(np_readout(x[None], mask[None], params["readout"])[0])
+        mask = np.arange(len(x)) < length
+        summaries = x[length][None] if summary else None
+        sessions.append(np_readout(x[None], mask[None], params["readout"], summaries)[0])
     sessions = np.array(sessions)
     scores = sessions @ table.T
     scores[:, 0] = -1e9
@@ -85,8 +96,22 @@ def test_teacher_forward_matches_numpy_reference(num_heads):
     assert np.all(np.asarray(out["scores"][:, 0]) == -1e9)
 
 
-def test_padding_content_and_future_items_do_not_leak():
-    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN)
+def test_summary_readout_matches_numpy_reference():
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, num_heads=2, inner_dim=6, max_len=MAX_LEN, readout="mean+summary")
+    params = model.init(jax.random.key(3), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["params"]
+    assert params["position_embedding"].shape == (MAX_LEN + 1, DIM) and params["summary_embedding"].shape == (1, DIM)
+    out = model.apply({"params": params}, jnp.asarray(ITEMS), jnp.asarray(LENGTHS), train=False)
+    sessions, scores = np_forward(params, params["item_embedding"], ITEMS, LENGTHS, num_heads=2, summary=True)
+    np.testing.assert_allclose(out["session"], sessions, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["scores"][:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-5)
+    # Without the summary, the same parameters give another session vector: the token matters.
+    plain, _ = np_forward(params, params["item_embedding"], ITEMS, LENGTHS, num_heads=2)
+    assert np.abs(plain - sessions).max() > 1e-3
+
+
+@pytest.mark.parametrize("readout", ["mean", "mean+summary"])
+def test_padding_content_and_future_items_do_not_leak(readout):
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN, readout=readout)
     params = model.init(jax.random.key(1), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
     changed = ITEMS.copy()
     changed[0, 2], changed[1, 1:] = 6, [4, 4]  # overwrite padding positions with real ids

@@ -99,7 +99,9 @@ def test_sweep_interrupted_resumes_collects_and_matches_its_vmapped_twin(tmp_pat
     root = tmp_path / "root"
 
     # Two runs at a time; SIGTERM the runner once a run has saved a checkpoint.
-    runner = subprocess.Popen(sweep_command(sweep_file, root, "--parallel=2"), cwd=REPO, env=sweep_env(), stderr=subprocess.PIPE, text=True)
+    runner = subprocess.Popen(
+        sweep_command(sweep_file, root, "--novmap", "--parallel=2"), cwd=REPO, env=sweep_env(), stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while not any(list((root / name / "checkpoints" / "latest").glob("[0-9]*")) for name in RUN_NAMES):
         assert runner.poll() is None and time.time() < deadline, runner.stderr.read() if runner.poll() is not None else "timeout"
@@ -111,7 +113,7 @@ def test_sweep_interrupted_resumes_collects_and_matches_its_vmapped_twin(tmp_pat
     finished_before = {name: (root / name / "results.json").stat().st_mtime for name in RUN_NAMES if name not in unfinished}
 
     # Rerun: finished runs are skipped, interrupted ones resume from their checkpoints.
-    subprocess.run(sweep_command(sweep_file, root, "--parallel=2"), cwd=REPO, env=sweep_env(), check=True, capture_output=True)
+    subprocess.run(sweep_command(sweep_file, root, "--novmap", "--parallel=2"), cwd=REPO, env=sweep_env(), check=True, capture_output=True)
     assert all((root / name / "results.json").exists() for name in RUN_NAMES)
     assert {name: (root / name / "results.json").stat().st_mtime for name in finished_before} == finished_before
     assert any(results(root, name)["resumed_from_step"] for name in unfinished)
@@ -128,9 +130,9 @@ def test_sweep_interrupted_resumes_collects_and_matches_its_vmapped_twin(tmp_pat
         assert float(row["test mrr@20"]) == pytest.approx(result["test"]["mrr@20"])
     assert "| run | seed | train.learning_rate |" in (root / "summary.md").read_text()
 
-    # The same sweep vmapped: one program for the four runs, the same results.
+    # The same sweep vmapped (the default): one program for the four runs, the same results.
     vmapped = tmp_path / "vmapped"
-    subprocess.run(sweep_command(sweep_file, vmapped, "--vmap"), cwd=REPO, env=sweep_env(), check=True, capture_output=True)
+    subprocess.run(sweep_command(sweep_file, vmapped), cwd=REPO, env=sweep_env(), check=True, capture_output=True)
     for name in RUN_NAMES:
         for metric, value in results(root, name)["test"].items():
             assert results(vmapped, name)["test"][metric] == pytest.approx(value, abs=1e-5), (name, metric)
