@@ -14,6 +14,7 @@ seed, learning rate, loss weights or temperatures train as members of one progra
 a group is started and is not meant to be typed.
 """
 
+import hashlib
 import os
 import shlex
 import sys
@@ -133,7 +134,7 @@ def main(argv):
         if todo:
             log_dir = os.path.join(root, todo[0].name) if len(todo) == 1 else os.path.join(root, "_groups")
             name = ";".join(run.name for run in todo)
-            log_path = os.path.join(log_dir, "stdout.log" if len(todo) == 1 else f"{abs(hash(name))}.log")
+            log_path = os.path.join(log_dir, "stdout.log" if len(todo) == 1 else f"{hashlib.sha1(name.encode()).hexdigest()[:12]}.log")
             jobs.append(sweeps.Job(name, unit_command(sweep, todo, root), log_path))
     logging.info("%d runs: %d finished (skipped), %d jobs to run, %d at a time.", len(runs), skipped, len(jobs), _PARALLEL.value)
     codes = sweeps.run_jobs(jobs, _PARALLEL.value)

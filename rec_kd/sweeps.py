@@ -203,7 +203,9 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1, poll_s: float = 0.5) -> dic
                 job = pending.pop(0)
                 os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
                 log = open(job.log_path, "a")
-                running[job.name] = (subprocess.Popen(job.command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log)
+                # A session of its own: a terminal's Ctrl-C reaches only this runner, which passes on SIGTERM.
+                process = subprocess.Popen(job.command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                running[job.name] = (process, log)
             for name, (process, log) in list(running.items()):
                 if process.poll() is not None:
                     codes[name] = process.returncode

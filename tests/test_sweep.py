@@ -136,3 +136,24 @@ def test_sweep_interrupted_resumes_collects_and_matches_its_vmapped_twin(tmp_pat
     for name in RUN_NAMES:
         for metric, value in results(root, name)["test"].items():
             assert results(vmapped, name)["test"][metric] == pytest.approx(value, abs=1e-5), (name, metric)
+
+
+@pytest.mark.parametrize("mode,script", [("slurm", "sweep.slurm"), ("tpu", "sweep_tpu.sh")])
+def test_cluster_modes_write_a_valid_script_with_one_job_per_run(tmp_path, mode, script):
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(SWEEP)
+    root = tmp_path / "root"
+    command = sweep_command(sweep_file, root, f"--mode={mode}", "--novmap")
+    result = subprocess.run(command, cwd=REPO, env=sweep_env(), check=True, capture_output=True, text=True)
+    assert f"({len(RUN_NAMES)} jobs)" in result.stdout
+    text = (root / script).read_text()
+    subprocess.run(["bash", "-n", str(root / script)], check=True)  # parses
+    for name in RUN_NAMES:
+        assert text.count(f"--workdir={root / name}") == 1
+    if mode == "slurm":
+        assert f"#SBATCH --array=0-{len(RUN_NAMES) - 1}" in text and "--signal=TERM@120" in text
+    else:
+        assert text.count("--worker=all") == len(RUN_NAMES) and "REC_KD_DISTRIBUTED=auto" in text
+    # Vmapped, the four runs are one job.
+    subprocess.run(sweep_command(sweep_file, root, f"--mode={mode}"), cwd=REPO, env=sweep_env(), check=True, capture_output=True)
+    assert "--members=" in (root / script).read_text()
