@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 def small_config(stage: str, **fields):
     config = defaults.get_config("ml-100k", f"{stage},smoke")
-    config.data.max_train_examples, config.data.max_eval_examples = 1500, 400
+    config.data.max_train_examples, config.data.max_eval_examples = 1000, 300
     config.train.log_every_steps = 1
+    config.data.buckets = (50,)  # one batch shape: one compilation per program, a faster test
     for name, value in fields.items():
         section, _, field = name.rpartition("__")
         setattr(config[section] if section else config, field, value)
@@ -36,7 +37,7 @@ def assert_same_run(member_dir: Path, solo_dir: Path) -> None:
             assert member[split][name] == pytest.approx(value, abs=1e-5), (split, name)
     assert member["selected_step"] == solo["selected_step"] and member["seed"] == solo["seed"]
     member_losses, solo_losses = train_losses(member_dir), train_losses(solo_dir)
-    assert member_losses.keys() == solo_losses.keys() and len(solo_losses) > 10
+    assert member_losses.keys() == solo_losses.keys() and len(solo_losses) >= 8
     np.testing.assert_allclose([member_losses[s] for s in solo_losses], list(solo_losses.values()), rtol=1e-5)
 
 

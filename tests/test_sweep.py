@@ -20,7 +20,8 @@ def get_sweep():
     return {
         "config": "configs/ml_100k.py:teacher,smoke",
         "base": {"data.max_train_examples": 800, "data.max_eval_examples": 300, "model.hidden_dim": 32,
-                 "model.inner_dim": 32, "train.checkpoint_every_steps": 2, "train.log_every_steps": 1},
+                 "model.inner_dim": 32, "train.checkpoint_every_steps": 2, "train.log_every_steps": 1,
+                 "data.buckets": (50,)},
         "product": {"seed": [0, 1], "train.learning_rate": [0.001, 0.003]},
     }
 """
