@@ -385,8 +385,8 @@ class Run:
     """Everything a training loop or a benchmark needs for a stack of N members.
 
     Every array of `state` has a leading member axis. `train_step(state, batch, constants,
-    teacher_params, members)` and `metric_sums(params, batch, constants)` are jitted and vmapped
-    over the members; the state is donated.
+    teacher_params, members)` and `metric_sums(params, batch, constants)` are jitted and mapped
+    over the members (`over_members`); the state is donated.
     """
 
     init_state: Any  # () -> a freshly initialised (N-stacked, replicated) state
