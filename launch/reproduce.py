@@ -59,13 +59,10 @@ class RunSpec:
 
 
 def table_overrides(spec: sttd.STTDSpec) -> tuple[str, ...]:
-    def tuple_flag(values):
-        return "(" + ",".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
-
     return (
-        f"--config.table.item_factors={tuple_flag(spec.item_factors)}",
-        f"--config.table.dim_factors={tuple_flag(spec.dim_factors)}",
-        f"--config.table.ranks={tuple_flag(spec.ranks)}",
+        f"--config.table.item_factors={sweeps.format_value(spec.item_factors)}",
+        f"--config.table.dim_factors={sweeps.format_value(spec.dim_factors)}",
+        f"--config.table.ranks={sweeps.format_value(spec.ranks)}",
         f"--config.table.t={spec.t}",
     )
 

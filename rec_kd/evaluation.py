@@ -92,14 +92,3 @@ def split_totals(
     """
     device_sums = jax.device_get([metric_sums_fn(put_batch(batch)) for batch in batches])
     return {key: np.sum([np.asarray(sums[key], np.float64) for sums in device_sums], axis=0) for key in device_sums[0]}
-
-
-def evaluate_batches(
-    metric_sums_fn: Callable[..., dict[str, jax.Array]],
-    batches: Iterable[dict[str, np.ndarray]],
-    put_batch: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
-    ks: Sequence[int] = DEFAULT_KS,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(metrics over all examples, metrics over cold-target examples) of one model on a split."""
-    totals = {key: float(value) for key, value in split_totals(metric_sums_fn, batches, put_batch).items()}
-    return means_from_sums(totals, "all", ks), means_from_sums(totals, "cold", ks)

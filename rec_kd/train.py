@@ -336,8 +336,8 @@ def differing_fields(configs: Sequence) -> list[str]:
     return [name for name in names if len({repr(flat.get(name)) for flat in flats}) > 1]
 
 
-def check_members(configs: Sequence, workdirs: Sequence[str]) -> list[str]:
-    """The vectorised hyperparameter fields of a member stack; a ConfigError if it cannot be one."""
+def check_members(configs: Sequence, workdirs: Sequence[str]) -> None:
+    """A ConfigError if these configs and workdirs cannot train together as one member stack."""
     if not configs or len(configs) != len(workdirs):
         raise ConfigError(f"need one workdir per member config, got {len(configs)} configs and {len(workdirs)} workdirs")
     if len({os.path.abspath(workdir) for workdir in workdirs}) != len(workdirs):
@@ -348,12 +348,12 @@ def check_members(configs: Sequence, workdirs: Sequence[str]) -> list[str]:
         raise ConfigError(f"members of one vectorised run may differ only in {MEMBER_FIELDS}; these differ: {fixed}")
     if len(configs) > 1 and configs[0].train.refit_on_valid:
         raise ConfigError("train.refit_on_valid needs a run of its own: members would refit for different epoch counts")
-    return [name for name in differing if name in HPARAM_FIELDS]
 
 
 def member_inputs(configs: Sequence, hparam_fields: Sequence[str]) -> dict:
     """{'seed': (N,) int32, 'hparams': {field: (N,) float32}} as host arrays (keys are made on device)."""
-    hparams = {name: np.asarray([flatten_config(config)[name] for config in configs], np.float32) for name in hparam_fields}
+    flats = [flatten_config(config) for config in configs]
+    hparams = {name: np.asarray([flat[name] for flat in flats], np.float32) for name in hparam_fields}
     return {"seed": np.asarray([config.seed for config in configs], np.int32), "hparams": hparams}
 
 
