@@ -9,7 +9,7 @@ compilation excluded: every bucket's step is compiled and run once before the cl
 student runs the full objective (teacher forward, student forward, rec + KD + contrastive +
 predictive) against a randomly initialised teacher, which costs the same as a trained one.
 With --members=1,8, each (stage, batch size) is also timed as N members (seeds 0..N-1) trained by
-one vmapped step (rec_kd.train.train_members' program): `model_examples_per_s` counts every
+one vmapped step (rec_kd.members.build_run, the program of rec_kd.train.train_members): `model_examples_per_s` counts every
 member's examples, and `speedup_vs_sequential` divides it by the one-member rate, i.e. N models
 vmapped against the same N trained one after another.
 Evaluation: seconds for full-ranking metrics over the whole Tmall test split, compiled first.
@@ -26,7 +26,9 @@ import jax
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import defaults, evaluation, train
+from rec_kd import defaults, evaluation, members, runs
+from rec_kd.models import build_model, init_model_params
+from rec_kd.sharding import Placement
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding tmall/.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "Dataset whose shapes are benchmarked.")
@@ -37,11 +39,11 @@ _SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed training seconds per (stag
 _EVAL = flags.DEFINE_bool("eval", True, "Also time full-ranking evaluation of the test split.")
 
 
-def random_teacher(config, data, placement) -> train.Teacher:
+def random_teacher(config, data, placement) -> runs.Teacher:
     teacher_config = defaults.get_config(config.dataset, "teacher")
-    model = train.build_model(teacher_config, data.num_items)
-    params = jax.jit(lambda: train.init_model_params(model, config.data.max_len, jax.random.key(1)), out_shardings=placement.replicated)()
-    return train.Teacher(model=model, params=params, step=0, workdir="(random init)", config=teacher_config)
+    model = build_model(teacher_config, data.num_items)
+    params = jax.jit(lambda: init_model_params(model, config.data.max_len, jax.random.key(1)), out_shardings=placement.replicated)()
+    return runs.Teacher(model=model, params=params, step=0, workdir="(random init)", config=teacher_config)
 
 
 def time_training(stage: str, batch_size: int, data, placement, num_members: int = 1) -> dict:
@@ -53,7 +55,7 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
     configs = [config.copy_and_resolve_references() for _ in range(num_members)]
     for seed, member_config in enumerate(configs):
         member_config.seed = seed
-    run = train.build_run(configs, data, placement, teacher, len(batches))
+    run = members.build_run(configs, data, placement, teacher, len(batches))
     state = run.state
 
     def step(state, batch):
@@ -89,7 +91,7 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
 def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:
     config = defaults.get_config(data.name, "teacher")
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
-    run = train.build_run(config, data, placement, None, 1)
+    run = members.build_run(config, data, placement, None, 1)
 
     def evaluate_split():
         batches = data_lib.eval_batches(data.test, eval_batch_size, buckets=buckets)
@@ -119,7 +121,7 @@ def peak_memory() -> dict:
 def main(argv):
     del argv
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value)
-    placement = train.Placement.over_all_devices()
+    placement = Placement.over_all_devices()
     report = {
         "machine": {
             "backend": jax.default_backend(),

@@ -63,12 +63,12 @@ def export_standin_student(teacher_workdir: str, student_config_dir: str, out_di
     """
     import jax
 
-    from rec_kd import export, train
+    from rec_kd import export, runs
     from rec_kd.compress import sttd
     from rec_kd.models import build_model
 
     teacher, num_items = export.load_workdir(teacher_workdir)
-    model = build_model(train.read_run_config(student_config_dir), num_items)
+    model = build_model(runs.read_run_config(student_config_dir), num_items)
     params = {key: value for key, value in teacher.params.items() if key != "item_embedding"}
     params["sttd_cores"] = sttd.init_cores(jax.random.key(0), model.sttd_spec, target_std=model.hidden_dim**-0.5)
     paths = {}
@@ -154,10 +154,9 @@ def measure_in_subprocess(path: str, args) -> dict:
 
 def evaluate(paths: dict[str, str], workdir: str, num_examples: int, batch_size: int = 256) -> dict:
     """HR@20 of every file on the first num_examples test examples, and int8 vs fp32 top-20 overlap."""
-    from rec_kd import serving, train
+    from rec_kd import runs, serving
 
-    config = train.read_run_config(workdir)
-    test = train.load_data(config).test.head(num_examples)
+    test = runs.load_run_data(workdir).test.head(num_examples)
     top = {}
     for name, path in paths.items():
         recommender = serving.Recommender.load(path)

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from rec_kd import train
+from rec_kd import members
 
 _ROOT = flags.DEFINE_string("root", None, "Sweep root (ROOT/RUN/results.json).")
 _OUT = flags.DEFINE_string("out", None, "Folder for summary.csv and summary.md (default: ROOT).")
@@ -46,10 +46,10 @@ def load_finished(root: str) -> tuple[list[dict], list[str]]:
 
 def summary_rows(runs: list[dict], metrics: list[str]) -> tuple[list[str], list[list]]:
     """(header, rows) sorted by the selection metric on valid, best first."""
-    fields = train.differing_fields([run["config"] for run in runs]) if len(runs) > 1 else []
+    fields = members.differing_fields([run["config"] for run in runs]) if len(runs) > 1 else []
     rows = []
     for run in runs:
-        flat = train.flatten_config(run["config"])
+        flat = members.flatten_config(run["config"])
         selection = flat["train.selection_metric"]
         valid = run["results"]["valid"]
         valid_value = None if valid is None else valid[selection]

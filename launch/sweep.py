@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 from rec_kd import checkpointing, distributed, sweeps, train
 from rec_kd.data import DataError
+from rec_kd.defaults import ConfigError
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a Python file with get_sweep()).")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs, ROOT/RUN_NAME (outside the repository).")
@@ -111,7 +112,7 @@ def main(argv):
             train_members_now(sweep, [by_name[name] for name in _MEMBERS.value.split(";")], root)
             return
         units = units_of_work(sweep, runs, _VMAP.value)
-    except (sweeps.SweepError, train.ConfigError, DataError, checkpointing.CheckpointError) as error:
+    except (sweeps.SweepError, ConfigError, DataError, checkpointing.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -8,6 +8,11 @@ hyperparameter lives here; flags are only --config and --workdir.
 
 import ml_collections
 
+
+class ConfigError(ValueError):
+    """A config or teacher that cannot work, found before any training."""
+
+
 DATASETS = ("tmall", "retailrocket", "yoochoose1_64", "beauty", "ml-100k")
 VARIANTS = ("full", "ce", "kd", "kd_cl", "tt", "dense")
 

@@ -10,7 +10,7 @@ else from these environment variables (the config wins where both are set):
                                                                      (config.distributed.auto)
 
 With none of them set the run is a single process. Each process then feeds only its own rows of
-every batch (train.Placement.put_batch), Orbax saves and restores collectively, and only process 0
+every batch (sharding.Placement.put_batch), Orbax saves and restores collectively, and only process 0
 writes logs and results.json.
 """
 
@@ -19,7 +19,7 @@ import os
 import jax
 from absl import logging
 
-from rec_kd.train import ConfigError
+from rec_kd.defaults import ConfigError
 
 ENV_NAMES = {
     "coordinator_address": "REC_KD_COORDINATOR_ADDRESS",

@@ -368,13 +368,13 @@ def read_num_items(workdir: str) -> int:
 
 
 def load_workdir(workdir: str):
-    """The run's selected model (rec_kd.train.TrainedModel) and its num_items."""
-    from rec_kd import train  # JAX; imported here so the graph builder works without a run
+    """The run's selected model (rec_kd.runs.TrainedModel) and its num_items."""
+    from rec_kd import runs  # JAX; imported here so the graph builder works without a run
 
     num_items = read_num_items(workdir)
     try:
-        return train.load_trained(workdir, num_items), num_items
-    except train.ConfigError as error:
+        return runs.load_trained(workdir, num_items), num_items
+    except runs.ConfigError as error:
         raise ExportError(str(error)) from None
 
 

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from rec_kd import checkpointing, distributed, train
 from rec_kd.data import DataError
+from rec_kd.defaults import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py:ARGS).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.json.")
@@ -26,7 +27,7 @@ def main(argv):
         distributed.initialize(_CONFIG.value)
         command = "python -m rec_kd.main " + shlex.join(sys.argv[1:])
         results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, command)
-    except (DataError, train.ConfigError, checkpointing.CheckpointError) as error:
+    except (DataError, ConfigError, checkpointing.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     if results.get("preempted"):

@@ -29,7 +29,7 @@ from typing import Any
 
 import ml_collections
 
-from rec_kd import train
+from rec_kd import members
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,13 +150,13 @@ def main_command(sweep: Sweep, run: SweepRun, root: str) -> list[str]:
 
 
 def vmap_groups(sweep: Sweep, runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
-    """Runs grouped so that each group differs only in train.MEMBER_FIELDS (one vmapped program).
+    """Runs grouped so that each group differs only in members.MEMBER_FIELDS (one vmapped program).
 
     Runs with train.refit_on_valid, which need a program of their own, stay alone.
     """
     groups: dict[tuple, list[SweepRun]] = {}
     for run in runs:
-        fixed = tuple(sorted((f, format_value(v)) for f, v in run.overrides.items() if f not in train.MEMBER_FIELDS))
+        fixed = tuple(sorted((f, format_value(v)) for f, v in run.overrides.items() if f not in members.MEMBER_FIELDS))
         key = (run.name,) if build_config(sweep, run).train.refit_on_valid else fixed
         groups.setdefault(key, []).append(run)
     return list(groups.values())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rec_kd import defaults, distributed, train
+from rec_kd import defaults, distributed
 
 ENV = {"REC_KD_COORDINATOR_ADDRESS": "10.0.0.1:1234", "REC_KD_NUM_PROCESSES": "4", "REC_KD_PROCESS_ID": "0"}
 
@@ -31,6 +31,6 @@ def test_auto_lets_jax_detect_the_cluster():
 
 def test_an_address_without_count_or_id_is_an_error_naming_both_sources():
     with pytest.raises(
-        train.ConfigError, match="distributed.num_processes / REC_KD_NUM_PROCESSES, distributed.process_id / REC_KD_PROCESS_ID"
+        defaults.ConfigError, match="distributed.num_processes / REC_KD_NUM_PROCESSES, distributed.process_id / REC_KD_PROCESS_ID"
     ):
         distributed.settings(defaults.get_config("tmall"), environ={"REC_KD_COORDINATOR_ADDRESS": "h:1"})

@@ -79,5 +79,5 @@ def test_vmapped_students_with_a_zero_and_a_traced_weight_match_their_runs_alone
 
 def test_members_that_differ_in_a_shape_field_are_refused(tmp_path):
     configs = [small_config("teacher"), small_config("teacher", model__hidden_dim=64)]
-    with pytest.raises(train.ConfigError, match=r"may differ only in .* these differ: \['model.hidden_dim'\]"):
+    with pytest.raises(defaults.ConfigError, match=r"may differ only in .* these differ: \['model.hidden_dim'\]"):
         train.train_members(configs, [str(tmp_path / "a"), str(tmp_path / "b")])

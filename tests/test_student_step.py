@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import defaults, train
-from rec_kd.models import DistillHeads, build_model
+from rec_kd import defaults, step
+from rec_kd.models import DistillHeads, build_model, init_model_params
 
 NUM_ITEMS = 11
 
@@ -33,9 +33,9 @@ def student_gradients(variant: str = ""):
     config, teacher_config = tiny_config("student", variant), tiny_config("teacher")
     student, teacher = build_model(config, NUM_ITEMS), build_model(teacher_config, NUM_ITEMS)
     heads = DistillHeads()
-    params = train.init_params(config, student, heads, jax.random.key(0))
-    teacher_params = train.init_model_params(teacher, config.data.max_len, jax.random.key(1))
-    loss_fn = train.make_loss_fn(student, heads, teacher, config.distill)
+    params = step.init_params(config, student, heads, jax.random.key(0))
+    teacher_params = init_model_params(teacher, config.data.max_len, jax.random.key(1))
+    loss_fn = step.make_loss_fn(student, heads, teacher, config.distill)
     constants = {"hot_mask": HOT_MASK}
     grads = jax.grad(lambda p, t: loss_fn(p, BATCH, jax.random.key(2), constants, t, {})[0], argnums=(0, 1))(params, teacher_params)
     return params, grads
@@ -67,7 +67,7 @@ def test_ce_only_variant_leaves_the_heads_untouched():
 def test_table_ablations_build_the_named_table(variant, kind):
     config = tiny_config("student", variant)
     assert config.table.kind == kind
-    params = train.init_model_params(build_model(config, NUM_ITEMS), config.data.max_len, jax.random.key(0))
+    params = init_model_params(build_model(config, NUM_ITEMS), config.data.max_len, jax.random.key(0))
     if kind == "dense":
         assert params["item_embedding"].shape == (NUM_ITEMS + 1, 8)
     else:  # t = 1: core 2 is (R_1, I_2, J_2) = (4, 4, 2)

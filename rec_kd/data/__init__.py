@@ -14,7 +14,7 @@ from rec_kd.data.batching import (
     num_train_batches,
     train_batches,
 )
-from rec_kd.data.datasets import DATASET_NAMES, load_dataset
+from rec_kd.data.datasets import DATASET_NAMES, load_configured, load_dataset
 from rec_kd.data.raw_events import load_raw_events
 from rec_kd.data.sequences import load_inter, load_user_sequences, movielens_100k_path
 from rec_kd.data.session_data import DataError, SessionData, Split, concatenate_splits, dataset_statistics
@@ -31,6 +31,7 @@ __all__ = [
     "concatenate_splits",
     "dataset_statistics",
     "eval_batches",
+    "load_configured",
     "load_dataset",
     "load_inter",
     "load_raw_events",

@@ -43,3 +43,18 @@ def load_dataset(
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such dataset folder (known datasets: {', '.join(DATASET_NAMES)})")
     return load_srgnn(folder, **options)
+
+
+def load_configured(config) -> SessionData:
+    """The dataset a run config names (its `dataset`, `data_dir` and `data` fields), sliced for smoke runs."""
+    data = load_dataset(
+        config.dataset,
+        config.data_dir or None,
+        max_len=config.data.max_len,
+        valid_fraction=config.data.valid_fraction,
+        hot_fraction=config.data.hot_fraction,
+        hot_counting=config.data.hot_counting,
+    )
+    if config.data.max_train_examples or config.data.max_eval_examples:
+        data = data.with_examples(config.data.max_train_examples or len(data.train), config.data.max_eval_examples or len(data.test))
+    return data

@@ -149,6 +149,12 @@ def build_model(config, num_items: int) -> SeqRecModel:
     )
 
 
+def init_model_params(model: SeqRecModel, max_len: int, key) -> dict:
+    """A model's freshly initialised parameters (the shapes do not depend on the batch)."""
+    items = jnp.ones((1, max_len), jnp.int32)
+    return model.init(key, items, jnp.ones((1,), jnp.int32), train=False)["params"]
+
+
 def sttd_spec_from_config(table_config) -> sttd.STTDSpec:
     """STTDSpec from the config's table fields; kind 'tt' forces t = 1 (the plain TT-matrix)."""
     t = 1 if table_config.kind == "tt" else table_config.t
@@ -158,3 +164,14 @@ def sttd_spec_from_config(table_config) -> sttd.STTDSpec:
         ranks=tuple(table_config.ranks),
         t=t,
     )
+
+
+def resolve_table_config(config, num_items: int) -> None:
+    """Fills a student's empty STTD factors with a suggested factorisation of this catalogue (in place)."""
+    table = config.table
+    if config.stage != "student" or table.kind == "dense" or table.item_factors:
+        return
+    t = 1 if table.kind == "tt" else table.t
+    spec = sttd.suggest_spec(num_items + 1, config.model.hidden_dim, table.ranks[0], t, table.num_cores)
+    with config.unlocked():
+        table.item_factors, table.dim_factors, table.ranks = spec.item_factors, spec.dim_factors, spec.ranks

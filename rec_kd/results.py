@@ -1,0 +1,81 @@
+"""results.json: what a finished run reports, built from its run record (schema: docs/architecture.md)."""
+
+import shlex
+import sys
+
+import jax
+import numpy as np
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def table_param_count(model_params) -> int:
+    return count_params({key: value for key, value in model_params.items() if key in ("item_embedding", "sttd_cores")})
+
+
+def protocol_name(refit: bool, selected: dict) -> str:
+    if refit:
+        return "refit on train+valid for the epochs selected on valid"
+    return "selected on valid" if selected["valid"] is not None else "last epoch (no valid split)"
+
+
+def build_results(config, data, record, state, teacher, resumed_from_step, num_devices: int, wall_s, command) -> dict:
+    """The results dict of one model: `record` is its run record, `state` its final (unstacked) state."""
+    selected = record["best"]
+    if selected is None:
+        raise RuntimeError("training finished without any evaluation; set train.eval_every_epochs <= train.num_epochs")
+    refit = record["phase"] == "refit"
+    # With a refit, the reported model is the one trained on train + valid for the selected epochs.
+    reported = record["refit_history"][-1] if refit else selected
+    history = record["refit_history"] if refit else record["history"]
+    params = state["params"]
+    inference_total = count_params(params["model"])
+    item_table = table_param_count(params["model"])
+    results = {
+        "stage": config.stage,
+        "variant": config.variant,
+        "dataset": config.dataset,
+        "num_items": data.num_items,
+        "seed": config.seed,
+        "data_seed": config.data_seed,
+        "num_devices": num_devices,
+        "smoke": bool(config.smoke),
+        "protocol": protocol_name(refit, selected),
+        "selected_step": reported["step"],
+        "selected_epoch": selected["epoch"],
+        "resumed_from_step": resumed_from_step,
+        "valid": selected["valid"],
+        "test": reported["test"],
+        "test_cold": reported["test_cold"],
+        "paper_protocol_test": {
+            "note": "best test value of each metric over all evaluated epochs (the authors' protocol; selected on test)",
+            **{name: max(entry["test"][name] for entry in history) for name in reported["test"]},
+        },
+        "params": {"total": count_params(params), "item_table": item_table, "inference_total": inference_total},
+        "embedding_compression": None,
+        "model_compression": None,
+        "bytes": {"params_fp32": 4 * inference_total},
+        "losses": {name.split("/", 1)[1]: value for name, value in reported["losses"].items() if name.startswith("loss/")},
+        "wall_s": wall_s,
+        "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
+        "command": command or shlex.join(sys.argv),
+        "commit": record["commits"][0],
+        "commits": record["commits"],
+    }
+    if refit:
+        results["select_phase"] = {
+            "step": selected["step"],
+            "epoch": selected["epoch"],
+            "test": selected["test"],
+            "test_cold": selected["test_cold"],
+        }
+    if config.stage == "student":
+        dim = config.model.hidden_dim
+        dense_rows = data.num_items + 1 if config.table.kind == "dense" else int(np.prod(config.table.item_factors))
+        results["embedding_compression"] = dense_rows * dim / item_table
+        results["model_compression"] = count_params(teacher.params) / inference_total
+        results["teacher_workdir"] = teacher.workdir
+        results["teacher_step"] = teacher.step
+    return results

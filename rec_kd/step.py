@@ -1,0 +1,123 @@
+"""The functional core: the optimizer, the loss, the one train step and the evaluation step.
+
+Read it next to `losses.py`. Every function here builds or is a pure function of arrays:
+`train_step(state, batch, constants, teacher_params, member) -> (state, metrics)` computes the
+recommendation, distillation, contrastive and predictive losses of one model and applies one
+optimizer update; `members.build_run` maps it over a stack of models and jits it over the mesh.
+"""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rec_kd import evaluation, losses
+from rec_kd.defaults import ConfigError
+from rec_kd.models import init_model_params
+
+
+def make_optimizer(config, steps_per_epoch: int, learning_rate=None) -> optax.GradientTransformation:
+    """Adam(W) with the config's schedule; `learning_rate` (a member's traced value) replaces the config's."""
+    train = config.train
+    peak = train.learning_rate if learning_rate is None else learning_rate
+    if train.schedule == "constant":
+        learning_rate = peak
+    elif train.schedule == "cosine":
+        learning_rate = optax.warmup_cosine_decay_schedule(
+            0.0, peak, train.warmup_steps, max(train.num_epochs * steps_per_epoch, train.warmup_steps + 1)
+        )
+    else:
+        raise ConfigError(f"train.schedule={train.schedule!r}: expected 'constant' or 'cosine'")
+    if train.weight_decay:
+        return optax.adamw(learning_rate, weight_decay=train.weight_decay)
+    return optax.adam(learning_rate)
+
+
+def model_keys(seed):
+    """(init key, dropout key) of a model: both derived from its seed alone."""
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    return init_key, dropout_key
+
+
+def init_params(config, model, heads, key):
+    """{'model': ..., 'heads': ...}: every trained parameter (heads only for students)."""
+    model_key, heads_key = jax.random.split(key)
+    params = {"model": init_model_params(model, config.data.max_len, model_key)}
+    if heads is not None:
+        dim = config.model.hidden_dim
+        batch = {"items": jnp.ones((1, 2), jnp.int32), "lengths": jnp.full((1,), 2, jnp.int32), "weights": jnp.ones((1,))}
+        table, session = jnp.zeros((3, dim)), jnp.zeros((1, dim))
+        params["heads"] = heads.init(heads_key, batch, table, table, session, session, jnp.array([False, True, False]))["params"]
+    return params
+
+
+def distill_view(distill_config, hparams: dict) -> types.SimpleNamespace:
+    """The distillation settings with a member's traced values (keys 'distill.NAME') in place."""
+    values = distill_config.to_dict()
+    values.update({name.split(".", 1)[1]: value for name, value in hparams.items() if name.startswith("distill.")})
+    return types.SimpleNamespace(**values)
+
+
+def make_loss_fn(model, heads, teacher_model, distill_config):
+    """loss(params, batch, dropout_key, constants, teacher_params, hparams) -> (total, metrics).
+
+    The weighted sum of `losses.objective_terms` (the teacher's when distill_config is None);
+    `hparams` holds a member's values of the vectorised fields. A term whose weight is a literal 0
+    is not computed, and the teacher forward and the heads run only if a term needs them.
+    """
+
+    def loss_fn(params, batch, dropout_key, constants, teacher_params, hparams):
+        terms = losses.objective_terms(None if distill_config is None else distill_view(distill_config, hparams))
+        names = {name for name, _, _ in terms}
+        student = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=True, rngs={"dropout": dropout_key})
+        outputs = dict(student)
+        if names & {"kd", "cl", "pred"}:
+            teacher = teacher_model.apply({"params": teacher_params}, batch["items"], batch["lengths"], train=False)
+            teacher = jax.lax.stop_gradient(teacher)
+            outputs.update(teacher_scores=teacher["scores"], teacher_table=teacher["table"], teacher_session=teacher["session"])
+        if names & {"cl", "pred"}:
+            outputs.update(
+                heads.apply(
+                    {"params": params["heads"]},
+                    batch,
+                    student["table"],
+                    outputs["teacher_table"],
+                    student["session"],
+                    outputs["teacher_session"],
+                    constants["hot_mask"],
+                )
+            )
+        return losses.weighted_objective(terms)(outputs, batch)
+
+    return loss_fn
+
+
+def make_train_step(loss_fn, config, steps_per_epoch: int):
+    """train_step(state, batch, constants, teacher_params, member) -> (state, metrics); pure.
+
+    `member` = {'seed': the model's seed, 'hparams': its vectorised field values}. The
+    optimizer is rebuilt from the member's learning rate on every call: optax transforms are pure
+    and their state does not depend on the rate, so this costs nothing at run time.
+    """
+
+    def train_step(state, batch, constants, teacher_params, member):
+        dropout_key = jax.random.fold_in(model_keys(member["seed"])[1], state["step"])
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], batch, dropout_key, constants, teacher_params, member["hparams"])
+        optimizer = make_optimizer(config, steps_per_epoch, member["hparams"].get("train.learning_rate"))
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def make_metric_sums_fn(model, ks):
+    """metric_sums(params, batch, constants) -> weighted sums of every rank metric (all and cold)."""
+
+    def metric_sums(params, batch, constants):
+        scores = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=False)["scores"]
+        return evaluation.weighted_metric_sums(scores, batch["targets"], batch["weights"], constants["cold_mask"], ks)
+
+    return metric_sums
