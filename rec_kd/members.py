@@ -64,8 +64,6 @@ def check_members(configs: Sequence, workdirs: Sequence[str]) -> None:
     fixed = [name for name in differing if name not in MEMBER_FIELDS]
     if fixed:
         raise ConfigError(f"members of one vectorised run may differ only in {MEMBER_FIELDS}; these differ: {fixed}")
-    if len(configs) > 1 and configs[0].train.refit_on_valid:
-        raise ConfigError("train.refit_on_valid needs a run of its own: members would refit for different epoch counts")
 
 
 def member_inputs(configs: Sequence, hparam_fields: Sequence[str]) -> dict:

@@ -63,6 +63,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         "command": command or shlex.join(sys.argv),
         "commit": record["commits"][0],
         "commits": record["commits"],
+        "config": config.to_dict(),  # every field, as resolved for this run (the table factors included)
     }
     if refit:
         results["select_phase"] = {
@@ -77,5 +78,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         results["embedding_compression"] = dense_rows * dim / item_table
         results["model_compression"] = count_params(teacher.params) / inference_total
         results["teacher_workdir"] = teacher.workdir
-        results["teacher_step"] = teacher.step
+        results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)
+        results["teacher_checkpoint"] = teacher.checkpoint
+        results["teachers"] = record.get("teachers", {})  # phase -> the teacher checkpoint and step it used
     return results

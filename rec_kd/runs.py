@@ -28,6 +28,8 @@ class TrainedModel:
     step: int
     workdir: str
     config: Any
+    checkpoint: str = "best"  # the folder under checkpoints/ it came from
+    refit: bool = False  # trained on train + valid (a refit run's shipped model)
 
 
 # The student's frozen teacher is a trained model restored from the teacher's workdir.
@@ -48,31 +50,59 @@ def load_run_data(workdir: str) -> data_lib.SessionData:
     return data_lib.load_configured(read_run_config(workdir))
 
 
-def load_trained(workdir: str, num_items: int, sharding=None) -> TrainedModel:
-    """The model selected in `workdir` (checkpoints/best: the best-valid or the refit parameters).
+def load_trained(workdir: str, num_items: int, sharding=None, checkpoint: str = "best") -> TrainedModel:
+    """The model a run saved in checkpoints/`checkpoint` (default best/: the best-valid or the refit parameters).
 
+    `checkpoint` 'select' is a refit run's validation-selected model, trained on train alone.
     `num_items` must be the catalogue the run trained on; a mismatch is a ConfigError.
     """
     config = read_run_config(workdir)
     model = build_model(config, num_items)
     abstract = {"params": jax.eval_shape(lambda: init_model_params(model, config.data.max_len, jax.random.key(0)))}
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
-    best = checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1)
-    step = best.latest_step()
+    manager = checkpointing.manager(os.path.join(workdir, "checkpoints", checkpoint), max_to_keep=1)
+    step = manager.latest_step()
     if step is None:
-        raise ConfigError(f"{workdir}/checkpoints/best: no selected checkpoint (did the run finish an epoch?)")
+        raise ConfigError(f"{workdir}/checkpoints/{checkpoint}: no selected checkpoint (did the run finish an epoch?)")
     try:
-        restored, _ = checkpointing.restore_step(best, step, abstract)
+        restored, meta = checkpointing.restore_step(manager, step, abstract)
     except Exception as error:
         raise ConfigError(
-            f"{workdir}/checkpoints/best/{step}: cannot restore a model of {num_items} items "
+            f"{workdir}/checkpoints/{checkpoint}/{step}: cannot restore a model of {num_items} items "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from None
-    return TrainedModel(model=model, params=restored["params"], step=step, workdir=workdir, config=config)
+    return TrainedModel(
+        model=model,
+        params=restored["params"],
+        step=step,
+        workdir=workdir,
+        config=config,
+        checkpoint=checkpoint,
+        refit=bool(meta.get("refit")),
+    )
 
 
-def load_teacher(config, data: data_lib.SessionData, sharding=None) -> Teacher:
-    """Restores the teacher named by config.teacher_workdir; every mismatch is an error now."""
+def has_checkpoint(workdir: str, checkpoint: str) -> bool:
+    """True when workdir/checkpoints/`checkpoint` holds a finished save (without creating the folder)."""
+    folder = os.path.join(workdir, "checkpoints", checkpoint)
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
+def teacher_checkpoint(workdir: str, phase: str) -> str:
+    """Which of the teacher's models a student distils from in `phase` ('select' or 'refit').
+
+    A model selected on valid must never have seen valid, not even through its teacher: the
+    student's select phase takes the teacher's select-phase model (checkpoints/select/, kept by a
+    refit teacher) and its refit phase, trained on train + valid, takes the teacher's shipped
+    model (best/, the refit one where the teacher was refit).
+    """
+    if phase == "select" and has_checkpoint(workdir, "select"):
+        return "select"
+    return "best"
+
+
+def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str = "select") -> Teacher:
+    """Restores the teacher named by config.teacher_workdir for the student's `phase`; every mismatch is an error now."""
     workdir = config.teacher_workdir
     if not workdir:
         raise ConfigError("the student stage needs --config.teacher_workdir=DIR (a trained teacher's workdir)")
@@ -84,6 +114,17 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None) -> Teacher:
         raise ConfigError(f"{config_path}: teacher was trained on {teacher_config.dataset!r}, the student is on {config.dataset!r}")
     if teacher_config.data.max_len != config.data.max_len:
         raise ConfigError(f"{config_path}: teacher max_len {teacher_config.data.max_len} != student {config.data.max_len}")
-    teacher = load_trained(workdir, data.num_items, sharding)
-    logging.info("Restored teacher from %s (selected step %d).", workdir, teacher.step)
+    teacher = load_trained(workdir, data.num_items, sharding, teacher_checkpoint(workdir, phase))
+    if phase == "select" and len(data.valid) and teacher_config.data.valid_fraction < config.data.valid_fraction:
+        raise ConfigError(
+            f"{config_path}: the teacher held out valid_fraction={teacher_config.data.valid_fraction}, less than the "
+            f"student's {config.data.valid_fraction}, so it trained on part of the student's valid split"
+        )
+    if phase == "select" and teacher.refit and len(data.valid):
+        raise ConfigError(
+            f"{workdir}/checkpoints/best: the teacher was refit on train + valid and keeps no select-phase model "
+            "(checkpoints/select/), so a student selected on valid would see valid through it; retrain the teacher "
+            "(refit runs now keep checkpoints/select/) or give the student an empty valid split (data.valid_fraction=0)"
+        )
+    logging.info("Restored teacher from %s (checkpoints/%s, step %d) for the %s phase.", workdir, teacher.checkpoint, teacher.step, phase)
     return teacher

@@ -150,15 +150,11 @@ def main_command(sweep: Sweep, run: SweepRun, root: str) -> list[str]:
 
 
 def vmap_groups(sweep: Sweep, runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
-    """Runs grouped so that each group differs only in members.MEMBER_FIELDS (one vmapped program).
-
-    Runs with train.refit_on_valid, which need a program of their own, stay alone.
-    """
+    """Runs grouped so that each group differs only in members.MEMBER_FIELDS (one vmapped program)."""
     groups: dict[tuple, list[SweepRun]] = {}
     for run in runs:
         fixed = tuple(sorted((f, format_value(v)) for f, v in run.overrides.items() if f not in members.MEMBER_FIELDS))
-        key = (run.name,) if build_config(sweep, run).train.refit_on_valid else fixed
-        groups.setdefault(key, []).append(run)
+        groups.setdefault(fixed, []).append(run)
     return list(groups.values())
 
 

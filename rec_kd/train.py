@@ -23,7 +23,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from rec_kd import checkpointing, evaluation, members, results, runs
@@ -40,6 +39,7 @@ from rec_kd.train_logging import MetricWriter, quiet_library_logs
 def new_record() -> dict:
     return {
         "phase": "select",  # 'select' (train on train, select on valid), then optionally 'refit'
+        "select_done": False,  # this member's selection has ended (it waits for the others to start the refit)
         "step": 0,  # optimizer steps taken, over both phases
         "epoch": 0,  # epoch in progress (of the current phase)
         "batch_in_epoch": 0,  # next batch of that epoch
@@ -53,6 +53,7 @@ def new_record() -> dict:
         "train_seconds": 0.0,
         "finished": False,
         "commits": [],  # the code version of every process that trained this run, in order
+        "teachers": {},  # students: phase -> the teacher checkpoint it distilled from ({'checkpoint', 'step'})
     }
 
 
@@ -74,6 +75,7 @@ class Member:
     workdir: str
     latest: Any
     best: Any
+    select: Any  # refit runs: checkpoints/select/, the validation-selected model (trained on train alone)
     record: dict
     writer: Any = None
     resumed_from_step: int | None = None
@@ -145,7 +147,7 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
         jax.process_count(),
         len(configs),
     )
-    teacher = runs.load_teacher(config, data, placement.replicated) if config.stage == "student" else None
+    teacher = runs.load_teacher(config, data, placement.replicated, "select") if config.stage == "student" else None
     run = members.build_run(configs, data, placement, teacher, steps_per_epoch)
     stack = [
         Member(
@@ -153,6 +155,9 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
             workdir=workdir,
             latest=checkpointing.manager(os.path.join(workdir, "checkpoints", "latest"), max_to_keep=2),
             best=checkpointing.manager(os.path.join(workdir, "checkpoints", "best"), max_to_keep=1),
+            select=checkpointing.manager(os.path.join(workdir, "checkpoints", "select"), max_to_keep=1)
+            if member_config.train.refit_on_valid
+            else None,
             record=new_record(),
         )
         for member_config, workdir in zip(configs, workdirs, strict=True)
@@ -185,6 +190,7 @@ def resume(training: Training) -> None:
         if not member.record["commits"] or member.record["commits"][-1] != commit:
             member.record["commits"].append(commit)
         member.writer = MetricWriter(member.workdir, enabled=jax.process_index() == 0)
+    use_phase_teacher(training)
 
 
 def save_latest(training: Training) -> None:
@@ -203,7 +209,7 @@ def log_pending(training: Training, pending: list, seconds: float) -> None:
     examples = sum(count for _, count in pending)
     lead = training.lead
     for i, member in enumerate(training.members):
-        if not member.record["finished"]:
+        if is_active(member.record):
             member.record["train_seconds"] += seconds
             member_metrics = [{name: value[i] for name, value in metrics.items()} for metrics in fetched]
             member.writer.log_train(lead["step"], lead["epoch"], member_metrics, examples, member.record)
@@ -268,15 +274,16 @@ def evaluate(training: Training, split: data_lib.Split) -> list[tuple[dict | Non
     return [(evaluation.means_from_sums(t, "all", ks), evaluation.means_from_sums(t, "cold", ks)) for t in member_totals]
 
 
-def update_selection(record: dict, entry: dict, train_config, state, best_checkpoints) -> bool:
-    """Keeps the best-valid evaluation (and its parameters in best/); True when patience runs out.
+def update_selection(record: dict, entry: dict, train_config, state, selected_checkpoints: list) -> bool:
+    """Keeps the best-valid evaluation (its parameters in every manager given); True when patience runs out.
 
     With an empty valid split (valid_fraction=0, the authors' setting) the newest evaluation wins.
     """
     metric = train_config.selection_metric
     if record["best"] is None or entry["valid"] is None or entry["valid"][metric] > record["best"]["valid"][metric]:
         record["best"], record["evals_since_best"] = entry, 0
-        checkpointing.save(best_checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
+        for checkpoints in selected_checkpoints:
+            checkpointing.save(checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
     else:
         record["evals_since_best"] += 1
     patience = train_config.early_stop_patience
@@ -286,14 +293,19 @@ def update_selection(record: dict, entry: dict, train_config, state, best_checkp
     return False
 
 
-def phase_epochs(training: Training) -> int:
-    """Epochs of the current phase: the configured count, or in the refit the count selected on valid."""
-    lead = training.lead
-    return lead["best"]["epoch"] if lead["phase"] == "refit" else training.config.train.num_epochs
+def is_active(record: dict) -> bool:
+    """Still training in its phase: neither finished nor waiting for the refit."""
+    return not record["finished"] and not done_selecting(record)
 
 
-def evaluate_epoch(training: Training, epoch: int, stops: list[bool]) -> None:
-    """Evaluates every unfinished member, logs it, and (select phase) updates its selection.
+def member_epochs(member: Member) -> int:
+    """Epochs of the member's current phase: the configured count, or in the refit its own selected count."""
+    record = member.record
+    return record["best"]["epoch"] if record["phase"] == "refit" else member.config.train.num_epochs
+
+
+def evaluate_epoch(training: Training, due: list[bool], stops: list[bool]) -> None:
+    """Evaluates the members whose evaluation is `due`, logs it, and (select phase) updates their selection.
 
     `stops[i]` becomes True where member i's early stopping ran out of patience.
     """
@@ -303,50 +315,84 @@ def evaluate_epoch(training: Training, epoch: int, stops: list[bool]) -> None:
     test = evaluate(training, training.data.test)
     for i, member in enumerate(training.members):
         record = member.record
-        if record["finished"]:
+        if not due[i]:
             continue
-        entry = {"step": training.lead["step"], "epoch": epoch + 1, "valid": valid[i][0], "test": test[i][0], "test_cold": test[i][1]}
+        entry = {"step": record["step"], "epoch": record["epoch"], "valid": valid[i][0], "test": test[i][0], "test_cold": test[i][1]}
         entry["losses"] = {name: value / max(record["epoch_loss_steps"], 1) for name, value in record["epoch_loss_sums"].items()}
         member.writer.log_eval(entry)
         record["refit_history" if refit else "history"].append(entry)
         if not refit:
-            stops[i] |= update_selection(record, entry, member.config.train, training.run.take_member(training.state, i), member.best)
+            managers = [member.best] + ([member.select] if member.select is not None else [])
+            stops[i] |= update_selection(record, entry, member.config.train, training.run.take_member(training.state, i), managers)
 
 
-def start_refit(training: Training, record: dict) -> None:
-    """Fresh parameters for the refit on train + valid; the step count carries on (a run of one member)."""
-    logging.info("Selected epoch %d on valid; refitting a fresh model on train + valid.", record["best"]["epoch"])
-    step = np.full((len(training.members),), record["step"], np.int32)
-    training.state = dict(training.run.init_state(), step=training.placement.replicate(step))
-    record.update(phase="refit", epoch=0, batch_in_epoch=0)
+def use_phase_teacher(training: Training) -> None:
+    """Students: distil from the teacher model that the current phase may see (runs.teacher_checkpoint)."""
+    if training.config.stage != "student":
+        return
+    phase = training.lead["phase"]
+    teacher = training.teacher
+    if teacher is None or teacher.checkpoint != runs.teacher_checkpoint(training.config.teacher_workdir, phase):
+        teacher = runs.load_teacher(training.config, training.data, training.placement.replicated, phase)
+        training.teacher, training.run.teacher_params = teacher, teacher.params
+    for member in training.members:
+        member.record.setdefault("teachers", {})[phase] = {"checkpoint": teacher.checkpoint, "step": teacher.step}
+
+
+def start_refit(training: Training) -> None:
+    """Every member starts its refit on train + valid from fresh parameters, as it would alone.
+
+    The optimizer state and the state's step (the dropout stream) restart with the parameters; the
+    run record's step, which numbers the checkpoints, carries on.
+    """
+    epochs = [member.record["best"]["epoch"] for member in training.members]
+    logging.info("Selected epochs %s on valid; refitting fresh models on train + valid.", epochs)
+    training.state = training.run.init_state()
+    for member in training.members:
+        member.record.update(phase="refit", epoch=0, batch_in_epoch=0)
+    use_phase_teacher(training)
 
 
 def end_epoch(training: Training) -> None:
-    """After an epoch: evaluate when due, then each member stops, continues, or starts its refit."""
+    """After an epoch: evaluate who is due; then each member stops, continues, ends its selection or its refit.
+
+    With train.refit_on_valid a member whose selection has ended waits (riding along, ignored)
+    until every member's has; then all start their refit together, and each refit ends at its
+    own selected epoch count.
+    """
     config = training.config
+    for member in training.members:  # the loop position, the same in every record
+        member.record["epoch"], member.record["batch_in_epoch"] = member.record["epoch"] + 1, 0
     epoch = training.lead["epoch"]
-    refit = training.lead["phase"] == "refit"
-    for member in training.members:
-        member.record["epoch"], member.record["batch_in_epoch"] = epoch + 1, 0
-    is_last_epoch = epoch + 1 >= phase_epochs(training)
-    stops = [is_last_epoch] * len(training.members)
-    if (epoch + 1) % config.train.eval_every_epochs == 0 or is_last_epoch:
-        evaluate_epoch(training, epoch, stops)
+    active = [is_active(member.record) for member in training.members]
+    is_last = [is_training and epoch >= member_epochs(member) for member, is_training in zip(training.members, active, strict=True)]
+    due = [is_training and (epoch % config.train.eval_every_epochs == 0 or last) for is_training, last in zip(active, is_last, strict=True)]
+    stops = list(is_last)
+    if any(due):
+        evaluate_epoch(training, due, stops)
     for i, member in enumerate(training.members):
         record = member.record
         record["epoch_loss_sums"], record["epoch_loss_steps"] = {}, 0
-        if record["finished"]:
+        if not active[i]:
             continue
-        if stops[i] and refit:
-            # The refit model is the one to ship and to distil from: it replaces best/.
+        if stops[i] and record["phase"] == "refit":
+            # The refit model is the one to ship and to distil from: it replaces best/ (select/ keeps
+            # the validation-selected one).
             member_params = training.run.take_member(training.state, i)["params"]["model"]
             checkpointing.save(member.best, record["step"], {"params": member_params}, {"refit": True})
             record["finished"] = True
-        elif stops[i] and config.train.refit_on_valid:  # a run of one member (check_members)
-            start_refit(training, record)
+        elif stops[i] and config.train.refit_on_valid:
+            record["select_done"] = True
         else:
             record["finished"] = stops[i]
+    if config.train.refit_on_valid and all(done_selecting(member.record) for member in training.members):
+        start_refit(training)
     save_latest(training)
+
+
+def done_selecting(record: dict) -> bool:
+    """In the select phase, with its selection ended (waiting for the refit)."""
+    return record["phase"] == "select" and record.get("select_done", False)
 
 
 # ----------------------------------------------------------------------------------------------

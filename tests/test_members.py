@@ -31,11 +31,17 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 
 def assert_same_run(member_dir: Path, solo_dir: Path) -> None:
+    assert_same_metrics(member_dir, solo_dir)
+    member, solo = (json.loads((d / "results.json").read_text()) for d in (member_dir, solo_dir))
+    assert member["selected_step"] == solo["selected_step"] and member["seed"] == solo["seed"]
+
+
+def assert_same_metrics(member_dir: Path, solo_dir: Path) -> None:
+    """The reported metrics and every logged training loss agree (to float tolerance)."""
     member, solo = (json.loads((d / "results.json").read_text()) for d in (member_dir, solo_dir))
     for split in ("valid", "test", "test_cold"):
         for name, value in solo[split].items():
             assert member[split][name] == pytest.approx(value, abs=1e-5), (split, name)
-    assert member["selected_step"] == solo["selected_step"] and member["seed"] == solo["seed"]
     member_losses, solo_losses = train_losses(member_dir), train_losses(solo_dir)
     assert member_losses.keys() == solo_losses.keys() and len(solo_losses) >= 8
     np.testing.assert_allclose([member_losses[s] for s in solo_losses], list(solo_losses.values()), rtol=1e-5)

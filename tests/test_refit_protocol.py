@@ -1,0 +1,115 @@
+"""The leak-free protocol: refit runs as vmapped members, and students whose teacher never saw valid.
+
+A model selected on valid must not have seen valid, not even through its teacher: a refit teacher
+keeps its validation-selected model in checkpoints/select/, the student's select phase distils
+from that one and its refit phase from the refit teacher (best/). In process, on MovieLens-100k
+(shipped in the RecBole wheel) cut to a few thousand examples.
+"""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rec_kd import defaults, runs, train
+from rec_kd.data import load_configured
+from tests.test_members import assert_same_metrics, small_config
+
+pytestmark = pytest.mark.slow
+
+
+def refit_config(stage: str, **fields):
+    config = small_config(stage, **fields)
+    config.model.hidden_dim = config.model.inner_dim = 32
+    config.train.refit_on_valid = True
+    config.train.num_epochs = 3
+    return config
+
+
+def read_results(workdir: Path) -> dict:
+    return json.loads((workdir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def refit_teachers(tmp_path_factory):
+    """Two refit teachers as vmapped members (one never learns: lr 0, so it selects epoch 1), then each alone."""
+    root = tmp_path_factory.mktemp("refit")
+    fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
+    member_dirs = [root / f"member_{i}" for i in range(2)]
+    train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in member_dirs])
+    solo_dirs = [root / f"solo_{i}" for i in range(2)]
+    for f, solo_dir in zip(fields, solo_dirs, strict=True):
+        train.train_and_evaluate(refit_config("teacher", **f), str(solo_dir))
+    return member_dirs, solo_dirs
+
+
+def test_vmapped_refit_members_each_refit_for_their_own_selected_epochs(refit_teachers):
+    member_dirs, solo_dirs = refit_teachers
+    members = [read_results(d) for d in member_dirs]
+    assert [m["protocol"] for m in members] == ["refit on train+valid for the epochs selected on valid"] * 2
+    # lr 0 never improves on epoch 1's valid metric; the other member selects a later epoch.
+    assert members[1]["selected_epoch"] == 1 and members[0]["selected_epoch"] > 1
+    for member_dir, solo_dir in zip(member_dirs, solo_dirs, strict=True):
+        assert_same_metrics(member_dir, solo_dir)
+        member, solo = read_results(member_dir), read_results(solo_dir)
+        assert member["select_phase"]["test"] == pytest.approx(solo["select_phase"]["test"], abs=1e-5)
+        assert len(member_refit_evaluations(member_dir)) == member["selected_epoch"] == solo["selected_epoch"]
+
+
+def member_refit_evaluations(workdir: Path) -> list[dict]:
+    """The test evaluations logged after the select phase's last one."""
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last_valid = max(line["step"] for line in lines if line["split"] == "valid")
+    return [line for line in lines if line["split"] == "test" and line["step"] > last_valid]
+
+
+def test_a_refit_teacher_keeps_its_validation_selected_model(refit_teachers):
+    member_dirs, _ = refit_teachers
+    result = read_results(member_dirs[0])
+    selected = runs.load_trained(str(member_dirs[0]), result["num_items"], checkpoint="select")
+    shipped = runs.load_trained(str(member_dirs[0]), result["num_items"])
+    assert (selected.step, selected.refit) == (result["select_phase"]["step"], False)
+    assert (shipped.step, shipped.refit) == (result["selected_step"], True)
+    assert runs.teacher_checkpoint(str(member_dirs[0]), "select") == "select"
+    assert runs.teacher_checkpoint(str(member_dirs[0]), "refit") == "best"
+
+
+def test_a_refit_student_distils_from_the_select_teacher_then_the_refit_teacher(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    teacher = read_results(member_dirs[0])
+    config = refit_config("student", teacher_workdir=str(member_dirs[0]))
+    config.train.num_epochs = 2
+    result = train.train_and_evaluate(config, str(tmp_path / "student"))
+    assert result["teachers"] == {
+        "select": {"checkpoint": "select", "step": teacher["select_phase"]["step"]},
+        "refit": {"checkpoint": "best", "step": teacher["selected_step"]},
+    }
+    assert (result["teacher_checkpoint"], result["teacher_step"]) == ("best", teacher["selected_step"])
+    # results.json records every resolved field, the suggested STTD factors included.
+    assert result["config"]["train"]["refit_on_valid"] is True
+    assert result["config"]["table"]["item_factors"] and result["config"]["teacher_workdir"] == str(member_dirs[0])
+
+
+def test_a_student_selected_on_valid_refuses_a_teacher_that_saw_valid(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    old_style = tmp_path / "teacher_without_select"  # a refit teacher from before select/ was kept
+    shutil.copytree(member_dirs[0], old_style)
+    shutil.rmtree(old_style / "checkpoints" / "select")
+    config = refit_config("student", teacher_workdir=str(old_style))
+    with pytest.raises(defaults.ConfigError, match=r"checkpoints/best: the teacher was refit on train \+ valid"):
+        train.train_and_evaluate(config, str(tmp_path / "student"))
+    # Without a valid split nothing is selected on valid, so the refit teacher is the one to use
+    # (MovieLens is split leave-one-out, so its valid split is emptied by hand here).
+    data = load_configured(config)
+    teacher = runs.load_teacher(config, dataclasses.replace(data, valid=data.valid.head(0)), phase="select")
+    assert (teacher.checkpoint, teacher.refit) == ("best", True)
+
+
+def test_a_teacher_that_held_out_less_valid_is_refused(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    config = refit_config("student", teacher_workdir=str(member_dirs[0]))
+    config.data.valid_fraction = 0.2
+    with pytest.raises(defaults.ConfigError, match=r"held out valid_fraction=0.1, less than the student's 0.2"):
+        train.train_and_evaluate(config, str(tmp_path / "student"))
