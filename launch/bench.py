@@ -12,6 +12,13 @@ With --members=1,8, each (stage, batch size) is also timed as N members (seeds 0
 one vmapped step (rec_kd.members.build_run, the program of rec_kd.train.train_members): `model_examples_per_s` counts every
 member's examples, and `speedup_vs_sequential` divides it by the one-member rate, i.e. N models
 vmapped against the same N trained one after another.
+Floor: each training row also times, in the same process right after the step, the catalogue work
+its objective cannot avoid: for the teacher the cross-entropy over the full catalogue, forward and
+backward ((B, d) @ (d, N+1), log-softmax, gradients to the session vectors and the table); for the
+student its own cross-entropy, the teacher's catalogue scores, the KD softmaxes and the predictive
+loss's two catalogue products, with their gradients. `step_over_floor` (wall time) and
+`step_over_floor_cpu` (process CPU time, steadier on a shared machine) are what we track: a ratio
+measured in one process does not depend on the machine (docs/performance.md).
 Evaluation: seconds for full-ranking metrics over the whole Tmall test split, compiled first.
 Peak memory: the device's peak bytes in use where the backend reports it, else the process's
 peak RSS. Figures are machine-dependent: record the machine and date beside them.
@@ -23,10 +30,12 @@ import resource
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import defaults, evaluation, members, runs
+from rec_kd import defaults, evaluation, losses, members, runs
 from rec_kd.models import build_model, init_model_params
 from rec_kd.sharding import Placement
 
@@ -36,6 +45,7 @@ _STAGES = flags.DEFINE_list("stages", ["teacher", "student"], "Which train steps
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100", "256", "1024"], "Global batch sizes to time.")
 _MEMBERS = flags.DEFINE_list("members", ["1"], "Member counts to time (vmapped seeds); 1 = a single model.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed training seconds per (stage, batch size), at least.")
+_FLOOR_CALLS = flags.DEFINE_integer("floor_calls", 30, "Timed calls of each floor program (after one to compile).")
 _EVAL = flags.DEFINE_bool("eval", True, "Also time full-ranking evaluation of the test split.")
 
 
@@ -68,13 +78,15 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
     jax.block_until_ready(metrics)
     compile_seconds = time.perf_counter() - compile_started
 
-    examples, started, index = 0, time.perf_counter(), 0
+    examples, started, cpu_started, index = 0, time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - started < _SECONDS.value and index < len(batches):
         state, metrics = step(state, batches[index])
         examples += int(batches[index]["weights"].sum())
         index += 1
     jax.block_until_ready(metrics)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    floor = time_floor(stage, config, batch_size, data.num_items + 1)
+    step_ms, step_cpu_ms = 1000 * seconds / index, 1000 * cpu_seconds / index
     return {
         "stage": stage,
         "batch_size": batch_size,
@@ -85,7 +97,67 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
         "seconds": seconds,
         "examples_per_s": examples / seconds,
         "compile_and_warmup_s": compile_seconds,
+        "step_ms": step_ms,
+        "step_cpu_ms": step_cpu_ms,
+        "floor_ms": floor["ms"],
+        "floor_cpu_ms": floor["cpu_ms"],
+        # The floor is one model's; N members need N floors.
+        "step_over_floor": step_ms / (num_members * floor["ms"]),
+        "step_over_floor_cpu": step_cpu_ms / (num_members * floor["cpu_ms"]),
     }
+
+
+def floor_loss(stage: str, kd_temperature: float):
+    """The catalogue work of a stage's objective alone: loss(trained, frozen, batch) (see the module doc)."""
+
+    def teacher_floor(trained, frozen, batch):
+        return losses.rec_loss({"scores": trained["session"] @ trained["table"].T}, batch)[0]
+
+    def student_floor(trained, frozen, batch):
+        scores = trained["session"] @ trained["table"].T
+        teacher_scores = frozen["session"] @ frozen["table"].T
+        outputs = {
+            "scores": scores,
+            "teacher_scores": teacher_scores,
+            "table": trained["table"],
+            "teacher_table": frozen["table"],
+            "pred_student": trained["pred_student"],
+            "pred_teacher": trained["pred_teacher"],
+            "eligible": batch["weights"] > 0,
+        }
+        rec = losses.rec_loss(outputs, batch)[0]
+        kd = losses.kd_loss(outputs, batch, temperature=kd_temperature)[0]
+        return rec + kd + losses.predictive_loss(outputs, batch)[0]
+
+    return teacher_floor if stage == "teacher" else student_floor
+
+
+def time_floor_fn(stage: str, config, batch_size: int, num_rows: int):
+    """() -> the floor's gradients for one batch, on random inputs of the step's shapes (compiled on first call)."""
+    dim = config.model.hidden_dim
+    keys = jax.random.split(jax.random.key(0), 6)
+    trained = {"session": jax.random.normal(keys[0], (batch_size, dim)), "table": 0.1 * jax.random.normal(keys[1], (num_rows, dim))}
+    frozen = {"session": jax.random.normal(keys[2], (batch_size, dim)), "table": 0.1 * jax.random.normal(keys[3], (num_rows, dim))}
+    if stage == "student":
+        trained.update(
+            pred_student=jax.random.normal(keys[4], (batch_size, dim)), pred_teacher=jax.random.normal(keys[5], (batch_size, dim))
+        )
+    batch = {"targets": jnp.arange(batch_size, dtype=jnp.int32) % num_rows + 1, "weights": jnp.ones((batch_size,))}
+    grad_fn = jax.jit(jax.grad(floor_loss(stage, config.distill.kd_temperature)))
+    return lambda: grad_fn(trained, frozen, batch)
+
+
+def time_floor(stage: str, config, batch_size: int, num_rows: int) -> dict:
+    """Median wall and CPU milliseconds of one call of the floor's forward and backward."""
+    floor = time_floor_fn(stage, config, batch_size, num_rows)
+    jax.block_until_ready(floor())  # compile
+    wall, cpu = [], []
+    for _ in range(_FLOOR_CALLS.value):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        jax.block_until_ready(floor())
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+    return {"ms": 1000 * float(np.median(wall)), "cpu_ms": 1000 * float(np.median(cpu))}
 
 
 def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:

@@ -10,6 +10,11 @@ finished run (results.json present) is skipped and an interrupted one resumes, s
 same command continues the grid. Nothing is written into the repository. `launch/report.py` turns
 ROOT into tables and plots.
 
+Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
+train + valid and reports that model; students distil from the teacher's validation-selected model
+while selecting and from its refit model while refitting (docs/method.md, "The leak-free student
+protocol"). 'select' reports the validation-selected model itself.
+
 Rows (students distil the dataset's seed-0 teacher):
   teacher   SASRec
   main      STTD at the paper's setting (Tmall ~27x, RetailRocket ~31x), full objective, every seed
@@ -38,6 +43,7 @@ _DATASETS = flags.DEFINE_list("datasets", ["tmall", "retailrocket"], "Datasets t
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the main student row.")
 _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {ROWS}.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Run the whole grid on small slices of the data (minutes on a CPU).")
+_PROTOCOL = flags.DEFINE_enum("protocol", "refit", ["refit", "select"], "Report the refit model (default) or the valid-selected one.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
 flags.mark_flag_as_required("root")
 
@@ -99,7 +105,7 @@ def tt_spec(main: sttd.STTDSpec) -> sttd.STTDSpec:
     return max((spec for spec in candidates if sttd.num_params(spec) <= sttd.num_params(main)), key=sttd.num_params)
 
 
-def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, root: str) -> list[RunSpec]:
+def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, root: str, refit: bool = True) -> list[RunSpec]:
     main = main_spec(dataset, num_items)
     tables = {
         "main": main,
@@ -113,6 +119,7 @@ def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, 
     variants = {"main": "full", "x100": "full", "x300": "full", "ce": "ce", "kd": "kd", "kd_cl": "kd_cl", "tt": "tt"}
     teacher_dir = os.path.join(root, dataset, "teacher_s0")
     common = (f"--config.data_dir={data_dir}",) + (SMOKE_OVERRIDES if smoke else ())
+    common += ("--config.train.refit_on_valid=True",) if refit else ()
     runs = []
     for row in rows:
         for seed in seeds if row == "main" else [0]:
@@ -142,7 +149,8 @@ def main(argv):
     jobs, skipped = [], 0
     for dataset in _DATASETS.value:
         num_items = load_dataset(dataset, _DATA_DIR.value).num_items
-        for run in grid(dataset, num_items, rows, [int(s) for s in _SEEDS.value], _SMOKE.value, _DATA_DIR.value, root):
+        seeds = [int(s) for s in _SEEDS.value]
+        for run in grid(dataset, num_items, rows, seeds, _SMOKE.value, _DATA_DIR.value, root, _PROTOCOL.value == "refit"):
             cmd = command(run, root)
             workdir = os.path.join(root, run.dataset, run.name)
             if _DRY_RUN.value:

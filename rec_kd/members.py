@@ -73,30 +73,34 @@ def member_inputs(configs: Sequence, hparam_fields: Sequence[str]) -> dict:
     return {"seed": np.asarray([config.seed for config in configs], np.int32), "hparams": hparams}
 
 
-def over_members(fn, in_axes: tuple, num_members: int):
-    """`jax.vmap(fn, in_axes)` over the member axis; for one member, that axis is indexed away instead.
+def with_member_axis(tree):
+    """A leading member axis of size 1 on every array (a single model's metrics, read as member 0)."""
+    return jax.tree.map(lambda x: x[None], tree)
 
-    Same values either way, but a single model then compiles to plain (unbatched) ops: on this
-    2-core CPU the Tmall student step ran at 592 examples/s vmapped over one member and 799 with
-    the axis indexed away (`launch.bench --stages=student --members=1`, 2026-11-28).
+
+def over_members(fn, in_axes: tuple, num_members: int, single_outputs=lambda outputs: outputs):
+    """`jax.vmap(fn, in_axes)` over the member axis; for one member, `fn` itself on unstacked inputs.
+
+    A single model has no member axis at all (state and member inputs), so it compiles to the
+    plain program; `single_outputs` gives its metrics a leading axis of 1, so callers read
+    member i's values as `value[i]` for every N. Indexing a stacked axis away inside the program
+    instead (x[0] in, x[None] out) cost three catalogue-sized copies a step: the reshape kept XLA
+    from updating Adam's moments and the table in place (docs/performance.md).
     """
     if num_members > 1:
         return jax.vmap(fn, in_axes=in_axes)
-
-    def single_member(*args):
-        args = [jax.tree.map(lambda x: x[0], arg) if axis == 0 else arg for arg, axis in zip(args, in_axes, strict=True)]
-        return jax.tree.map(lambda x: x[None], fn(*args))
-
-    return single_member
+    return lambda *args: single_outputs(fn(*args))
 
 
 @dataclasses.dataclass
 class Run:
     """Everything a training loop or a benchmark needs for a stack of N members.
 
-    Every array of `state` has a leading member axis. `train_step(state, batch, constants,
-    teacher_params, members)` and `metric_sums(params, batch, constants)` are jitted and mapped
-    over the members (`over_members`); the state is donated.
+    For N > 1 every array of `state` and `members` has a leading member axis; for N = 1 there is
+    none (`over_members`). `train_step(state, batch, constants, teacher_params, members)` and
+    `metric_sums(params, batch, constants)` are jitted and mapped over the members; their metrics
+    always carry the member axis. The state is donated. `take_member` and `stack_members` convert
+    between the run's state and one model's (what each member's checkpoints hold).
     """
 
     init_state: Any  # () -> a freshly initialised (N-stacked, replicated) state
@@ -106,8 +110,8 @@ class Run:
     constants: dict
     teacher_params: Any
     members: dict  # member_inputs(...), replicated: what train_step needs per member
-    take_member: Any  # (tree, i) -> member i's slice of an N-stacked tree (jitted)
-    stack_members: Any  # (*trees) -> an N-stacked tree (jitted)
+    take_member: Any  # (tree, i) -> member i's model state
+    stack_members: Any  # (*trees) -> the run's state from every member's
 
     def step(self, state, batch: dict[str, jax.Array]):
         return self.train_step(state, batch, self.constants, self.teacher_params, self.members)
@@ -127,7 +131,9 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
     model = build_model(config, data.num_items)
     heads = DistillHeads(config.model.init_scheme) if is_student else None
     optimizer = step.make_optimizer(config, steps_per_epoch)
-    members = placement.replicate(member_inputs(configs, hparam_fields))
+    num_members = len(configs)
+    inputs = member_inputs(configs, hparam_fields)
+    members = placement.replicate(inputs if num_members > 1 else jax.tree.map(lambda x: x[0], inputs))
     cold_mask = ~data.hot_mask & (np.arange(data.num_items + 1) > 0)
     constants = placement.replicate({"hot_mask": data.hot_mask, "cold_mask": cold_mask})
 
@@ -135,22 +141,29 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
         params = step.init_params(config, model, heads, step.model_keys(seed)[0])
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
 
-    num_members = len(configs)
     init_state = jax.jit(lambda: over_members(init_member, (0,), num_members)(members["seed"]), out_shardings=placement.replicated)
     loss_fn = step.make_loss_fn(model, heads, teacher.model if teacher else None, config.distill if is_student else None)
     train_step = jax.jit(
-        over_members(step.make_train_step(loss_fn, config, steps_per_epoch), (0, None, None, None, 0), num_members),
+        over_members(
+            step.make_train_step(loss_fn, config, steps_per_epoch),
+            (0, None, None, None, 0),
+            num_members,
+            lambda outputs: (outputs[0], with_member_axis(outputs[1])),
+        ),
         in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated, placement.replicated),
         out_shardings=(placement.replicated, placement.replicated),
         donate_argnums=(0,),
     )
     metric_sums = jax.jit(
-        over_members(step.make_metric_sums_fn(model, evaluation.DEFAULT_KS), (0, None, None), num_members),
+        over_members(step.make_metric_sums_fn(model, evaluation.DEFAULT_KS), (0, None, None), num_members, with_member_axis),
         in_shardings=(placement.replicated, placement.batch, placement.replicated),
         out_shardings=placement.replicated,
     )
-    take_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=placement.replicated)
-    stack_members = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=placement.replicated)
+    if num_members > 1:
+        take_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=placement.replicated)
+        stack_members = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=placement.replicated)
+    else:
+        take_member, stack_members = (lambda tree, i: tree), (lambda tree: tree)
     return Run(
         init_state, init_state(), train_step, metric_sums, constants, teacher.params if teacher else {}, members, take_member, stack_members
     )

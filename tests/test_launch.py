@@ -29,6 +29,10 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
     subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
     runs = sorted(path.parent.name for path in root.glob("tmall/*/results.json"))
     assert runs == ["main_s0", "main_s1", "teacher_s0", "tt_s0"]
+    # The default protocol: every run refit on train + valid; students used the teacher's select/ model first.
+    main = json.loads((root / "tmall" / "main_s0" / "results.json").read_text())
+    assert main["protocol"] == "refit on train+valid for the epochs selected on valid"
+    assert main["teachers"]["select"]["checkpoint"] == "select" and main["teachers"]["refit"]["checkpoint"] == "best"
     # Rerunning skips finished runs instead of training again.
     again = subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
     assert "4 runs finished (skipped); running 0 in order" in again.stderr
@@ -42,7 +46,7 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
     assert f"{teacher['test']['hr@20']:.4f}" in teacher_row and f"{teacher['params']['inference_total']:,}" in teacher_row
     tt_row = next(line for line in text.splitlines() if line.startswith("| tt |"))
     assert f"{tt['test']['mrr@20']:.4f}" in tt_row and tt["params"]["item_table"] == 4632 * 41  # t = 1, rank 41
-    main_rows = [line for line in text.splitlines() if line.startswith("| full | 27.3x | valid-selected | 2 |")]
+    main_rows = [line for line in text.splitlines() if line.startswith("| full | 27.3x | refit | 2 |")]
     assert len(main_rows) == 2  # selected-on-valid table and the authors'-protocol table
     values = [m["test"]["hr@20"] for m in mains]
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
