@@ -1,12 +1,18 @@
 # The two commands of the README: `make demo` (main job on MovieLens-100k) and `make test`.
 # Both create or reuse .venv; the stamp file reinstalls when the pins change.
+# `make web` serves the demo's student in a web page (rec_kd/web.py); `make web-deps` installs the
+# page's runtime, the npm package onnxruntime-web pinned in package.json / package-lock.json.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rec_kd-installed
 DEMO_DIR ?= workdirs/demo
+WEB_DIR ?= $(DEMO_DIR)/web
+WEB_PORT ?= 8000
+# One file of the installed package stands for all of node_modules/ (npm ci reinstalls on a pin change).
+ORT_WEB := node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm
 
-.PHONY: demo test install clean
+.PHONY: demo test install web web-deps clean
 
 install: $(STAMP)
 
@@ -25,5 +31,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+web-deps: $(ORT_WEB)
+
+# --ignore-scripts: the runtime is plain files; no package needs to run code at install.
+$(ORT_WEB): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $(ORT_WEB)
+
+# Trains the demo (teacher -> student) first only when its student has not finished.
+web: $(STAMP) $(ORT_WEB)
+	test -f $(DEMO_DIR)/student/results.json || $(PY) -m launch.demo --workdir=$(DEMO_DIR)
+	$(PY) -m rec_kd.web --workdir=$(DEMO_DIR)/student --out=$(WEB_DIR) --serve --port=$(WEB_PORT)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .jax_cache
+	rm -rf $(VENV) .pytest_cache .jax_cache node_modules

@@ -22,6 +22,8 @@ setuptools.setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["rec_kd", "rec_kd.*"]),
+    # The web page's templates (rec_kd/web.py copies them into the page's folder).
+    package_data={"rec_kd": ["web_static/*.html", "web_static/*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8"],

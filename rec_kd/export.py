@@ -356,15 +356,20 @@ def build_onnx_model(
 # ----------------------------------------------------------------------------------------------
 
 
-def read_num_items(workdir: str) -> int:
-    path = os.path.join(workdir, "results.json")
+def read_run_field(workdir: str, file_name: str, field: str, cast=str):
+    """`cast(value)` of one field of a run's JSON file (results.json, config.json); ExportError names the file."""
+    path = os.path.join(workdir, file_name)
     try:
         with open(path) as f:
-            return int(json.load(f)["num_items"])
+            return cast(json.load(f)[field])
     except FileNotFoundError:
         raise ExportError(f"{path}: missing; is {workdir} a finished rec_kd run?") from None
     except (KeyError, ValueError, TypeError) as error:
-        raise ExportError(f"{path}: no readable num_items ({type(error).__name__})") from None
+        raise ExportError(f"{path}: no readable {field} ({type(error).__name__})") from None
+
+
+def read_num_items(workdir: str) -> int:
+    return read_run_field(workdir, "results.json", "num_items", int)
 
 
 def load_workdir(workdir: str):
