@@ -18,7 +18,9 @@ backward ((B, d) @ (d, N+1), log-softmax, gradients to the session vectors and t
 student its own cross-entropy, the teacher's catalogue scores, the KD softmaxes and the predictive
 loss's two catalogue products, with their gradients. `step_over_floor` (wall time) and
 `step_over_floor_cpu` (process CPU time, steadier on a shared machine) are what we track: a ratio
-measured in one process does not depend on the machine (docs/performance.md).
+measured in one process does not depend on the machine (docs/performance.md). For N vmapped
+members the floor counts N models' catalogue work, although the frozen teacher's forward (part of
+the student's floor) runs once for all of them: the ratio is then slightly pessimistic.
 Evaluation: seconds for full-ranking metrics over the whole Tmall test split, compiled first.
 Peak memory: the device's peak bytes in use where the backend reports it, else the process's
 peak RSS. Figures are machine-dependent: record the machine and date beside them.

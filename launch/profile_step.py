@@ -1,4 +1,4 @@
-"""Where a train step's time goes: its components at Tmall's shapes, timed interleaved in one process.
+"""Where a train step's time goes: its components at a dataset's shapes (Tmall's by default), timed interleaved in one process.
 
   python -m launch.profile_step --data_dir=../shared/data --stage=teacher [--batch_sizes=100 --trials=5 --num_batches=40]
 
@@ -48,7 +48,8 @@ def profile_batches(data, batch_size: int, buckets, num_batches: int) -> tuple[l
     all_batches = data_lib.train_batches(data.train, batch_size, data_seed=0, epoch=0, buckets=buckets)
     batches = all_batches[:num_batches]
     present = {b["items"].shape[1] for b in batches}
-    for offset, width in enumerate(w for w in buckets if w not in present):
+    missing = [w for w in buckets if w not in present and any(b["items"].shape[1] == w for b in all_batches)]
+    for offset, width in enumerate(missing):
         batches[-1 - offset] = next(b for b in all_batches if b["items"].shape[1] == width)
     return batches, len(all_batches)
 
@@ -109,7 +110,7 @@ def components(stage: str, batch_size: int, data, placement) -> dict:
 
 def main(argv):
     del argv
-    data = data_lib.load_dataset("tmall", bench._DATA_DIR.value)
+    data = data_lib.load_dataset(bench._DATASET.value, bench._DATA_DIR.value)
     placement = Placement.over_all_devices()
     for batch_size in (int(size) for size in bench._BATCH_SIZES.value):
         medians = interleaved(components(_STAGE.value, batch_size, data, placement), _NUM_BATCHES.value, _TRIALS.value)

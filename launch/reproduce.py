@@ -25,6 +25,7 @@ Rows (students distil the dataset's seed-0 teacher):
 """
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -131,6 +132,18 @@ def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, 
     return runs
 
 
+def protocol_mismatch(workdir: str, refit: bool) -> str:
+    """Why a run already in `workdir` cannot join a grid of this protocol ('' when it can)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        ran_refit = bool(json.load(f)["train"].get("refit_on_valid", False))
+    if ran_refit == refit:
+        return ""
+    return f"ran with train.refit_on_valid={ran_refit}, but --protocol={'refit' if refit else 'select'}"
+
+
 def command(run: RunSpec, root: str) -> list[str]:
     config_file = os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{run.dataset.replace('-', '_')}.py"
@@ -155,6 +168,8 @@ def main(argv):
             workdir = os.path.join(root, run.dataset, run.name)
             if _DRY_RUN.value:
                 print(" ".join(cmd))
+            elif protocol_mismatch(workdir, _PROTOCOL.value == "refit"):
+                sys.exit(f"{workdir}/config.json: {protocol_mismatch(workdir, _PROTOCOL.value == 'refit')}; use another --root")
             elif sweeps.run_is_finished(workdir):
                 skipped += 1
             else:

@@ -6,8 +6,9 @@ atomic (Orbax writes to a temporary directory and renames). `restore_latest` wal
 newest step when one fails to restore, warning loudly, so a checkpoint damaged by a crash mid-write
 or a bad disk costs the steps since the previous one, never the run.
 
-Two managers serve a run: `latest/` (the resumable state, a few kept) and `best/` (the
-best-validation parameters, one kept; the student restores its teacher from there).
+Managers serve a run: `latest/` (the resumable state, a few kept), `best/` (the best-validation
+parameters, or the refit ones after a refit; one kept; a student restores its teacher from there)
+and, in refit runs, `select/` (the best-validation parameters, kept after the refit).
 """
 
 import os
@@ -74,6 +75,26 @@ def restore_latest(managers: list[ocp.CheckpointManager], abstract_state: Any) -
         f"{checkpoints.directory} (steps {sorted(found)})" for checkpoints, found in zip(managers, step_sets, strict=True)
     )
     raise CheckpointError(f"no checkpoint step common to every member restores: {directories}")
+
+
+def latest_phase(directories: list[str]) -> str:
+    """The run phase ('select' or 'refit') in the newest `latest/` checkpoint's meta; 'select' if none.
+
+    Reads the meta alone (no arrays), before the program that the state needs exists. A
+    checkpoint that cannot be read counts as none here; the full restore decides what to do.
+    """
+    directory = directories[0]
+    if not os.path.isdir(directory):
+        return "select"
+    checkpoints = manager(directory, max_to_keep=2)
+    step = checkpoints.latest_step()
+    if step is None:
+        return "select"
+    try:
+        meta = checkpoints.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # Orbax raises many types for damaged files.
+        return "select"
+    return meta.get("phase", "select")
 
 
 def abstract_like(tree: Any) -> Any:

@@ -103,7 +103,8 @@ class Run:
     between the run's state and one model's (what each member's checkpoints hold).
     """
 
-    init_state: Any  # () -> a freshly initialised (N-stacked, replicated) state
+    init_state: Any  # () -> a freshly initialised, replicated state (member axis only for N > 1)
+    # The initial state: the first (donated) step deletes its buffers, so a loop keeps its own.
     state: Any
     train_step: Any
     metric_sums: Any
@@ -163,6 +164,7 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
         take_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=placement.replicated)
         stack_members = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=placement.replicated)
     else:
+        # The live state itself: safe to save because Orbax saves synchronously here (checkpointing.manager).
         take_member, stack_members = (lambda tree, i: tree), (lambda tree: tree)
     return Run(
         init_state, init_state(), train_step, metric_sums, constants, teacher.params if teacher else {}, members, take_member, stack_members

@@ -88,15 +88,16 @@ def has_checkpoint(workdir: str, checkpoint: str) -> bool:
     return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
-def teacher_checkpoint(workdir: str, phase: str) -> str:
+def teacher_checkpoint(workdir: str, phase: str, selects_on_valid: bool = True) -> str:
     """Which of the teacher's models a student distils from in `phase` ('select' or 'refit').
 
-    A model selected on valid must never have seen valid, not even through its teacher: the
-    student's select phase takes the teacher's select-phase model (checkpoints/select/, kept by a
-    refit teacher) and its refit phase, trained on train + valid, takes the teacher's shipped
-    model (best/, the refit one where the teacher was refit).
+    A model selected on valid must never have seen valid, not even through its teacher: a
+    student's select phase that selects on valid takes the teacher's select-phase model
+    (checkpoints/select/, kept by a refit teacher); a refit phase (trained on train + valid), or
+    a student with no valid split, takes the teacher's shipped model (best/, the refit one where
+    the teacher was refit).
     """
-    if phase == "select" and has_checkpoint(workdir, "select"):
+    if phase == "select" and selects_on_valid and has_checkpoint(workdir, "select"):
         return "select"
     return "best"
 
@@ -114,13 +115,16 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
         raise ConfigError(f"{config_path}: teacher was trained on {teacher_config.dataset!r}, the student is on {config.dataset!r}")
     if teacher_config.data.max_len != config.data.max_len:
         raise ConfigError(f"{config_path}: teacher max_len {teacher_config.data.max_len} != student {config.data.max_len}")
-    teacher = load_trained(workdir, data.num_items, sharding, teacher_checkpoint(workdir, phase))
-    if phase == "select" and len(data.valid) and teacher_config.data.valid_fraction < config.data.valid_fraction:
+    selects_on_valid = len(data.valid) > 0
+    teacher = load_trained(workdir, data.num_items, sharding, teacher_checkpoint(workdir, phase, selects_on_valid))
+    if phase == "refit" and teacher_config.train.get("refit_on_valid", False) and not teacher.refit:
+        raise ConfigError(f"{workdir}: the teacher's refit on train + valid has not finished; finish the teacher first")
+    if phase == "select" and selects_on_valid and teacher_config.data.valid_fraction < config.data.valid_fraction:
         raise ConfigError(
             f"{config_path}: the teacher held out valid_fraction={teacher_config.data.valid_fraction}, less than the "
             f"student's {config.data.valid_fraction}, so it trained on part of the student's valid split"
         )
-    if phase == "select" and teacher.refit and len(data.valid):
+    if phase == "select" and teacher.refit and selects_on_valid:
         raise ConfigError(
             f"{workdir}/checkpoints/best: the teacher was refit on train + valid and keeps no select-phase model "
             "(checkpoints/select/), so a student selected on valid would see valid through it; retrain the teacher "

@@ -27,6 +27,7 @@ from absl import logging
 
 from rec_kd import checkpointing, evaluation, members, results, runs
 from rec_kd import data as data_lib
+from rec_kd.defaults import ConfigError
 from rec_kd.models import resolve_table_config
 from rec_kd.sharding import Placement, check_batch_sizes
 from rec_kd.train_logging import MetricWriter, quiet_library_logs
@@ -83,7 +84,7 @@ class Member:
 
 @dataclasses.dataclass
 class Training:
-    """A run in progress: its members, data, program and the live (N-stacked, donated) state.
+    """A run in progress: its members, data, program and the live (donated) state.
 
     The loop position (phase, step, epoch, batch_in_epoch) is the same in every member's record;
     `lead` is the first member's record, read for that position.
@@ -147,7 +148,9 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
         jax.process_count(),
         len(configs),
     )
-    teacher = runs.load_teacher(config, data, placement.replicated, "select") if config.stage == "student" else None
+    # The teacher of the phase the run is in (a run resumed in its refit never loads the select one).
+    phase = checkpointing.latest_phase([os.path.join(workdir, "checkpoints", "latest") for workdir in workdirs])
+    teacher = runs.load_teacher(config, data, placement.replicated, phase) if config.stage == "student" else None
     run = members.build_run(configs, data, placement, teacher, steps_per_epoch)
     stack = [
         Member(
@@ -327,16 +330,28 @@ def evaluate_epoch(training: Training, due: list[bool], stops: list[bool]) -> No
 
 
 def use_phase_teacher(training: Training) -> None:
-    """Students: distil from the teacher model that the current phase may see (runs.teacher_checkpoint)."""
+    """Students: distil from the teacher model that the current phase may see (runs.teacher_checkpoint).
+
+    A resumed phase must find the teacher it started with: a teacher retrained or refit since then
+    is an error, not a silent switch.
+    """
     if training.config.stage != "student":
         return
     phase = training.lead["phase"]
     teacher = training.teacher
-    if teacher is None or teacher.checkpoint != runs.teacher_checkpoint(training.config.teacher_workdir, phase):
+    wanted = runs.teacher_checkpoint(training.config.teacher_workdir, phase, len(training.data.valid) > 0)
+    if teacher is None or teacher.checkpoint != wanted:
         teacher = runs.load_teacher(training.config, training.data, training.placement.replicated, phase)
         training.teacher, training.run.teacher_params = teacher, teacher.params
+    used = {"checkpoint": teacher.checkpoint, "step": teacher.step}
     for member in training.members:
-        member.record.setdefault("teachers", {})[phase] = {"checkpoint": teacher.checkpoint, "step": teacher.step}
+        started_with = member.record.setdefault("teachers", {}).get(phase)
+        if started_with is not None and started_with != used:
+            raise ConfigError(
+                f"{training.config.teacher_workdir}/checkpoints/{teacher.checkpoint}: the teacher is at step {teacher.step}, "
+                f"but this run's {phase} phase started with {started_with}; the teacher changed under a running student"
+            )
+        member.record["teachers"][phase] = used
 
 
 def start_refit(training: Training) -> None:
@@ -349,7 +364,7 @@ def start_refit(training: Training) -> None:
     logging.info("Selected epochs %s on valid; refitting fresh models on train + valid.", epochs)
     training.state = training.run.init_state()
     for member in training.members:
-        member.record.update(phase="refit", epoch=0, batch_in_epoch=0)
+        member.record.update(phase="refit", epoch=0, batch_in_epoch=0, select_done=False)
     use_phase_teacher(training)
 
 

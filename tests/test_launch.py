@@ -54,3 +54,17 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
     for name in ("tmall_compression.png", "tmall_valid_curves.png"):
         assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "results").iterdir()) == [f"tmall_{r}.json" for r in runs]
+
+
+def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path, data_dir):
+    workdir = tmp_path / "runs" / "tmall" / "teacher_s0"
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"train": {"refit_on_valid": True}}))
+    command = [sys.executable, "-m", "launch.reproduce", f"--root={tmp_path / 'runs'}", f"--data_dir={data_dir}"]
+    result = subprocess.run(
+        [*command, "--datasets=tmall", "--rows=teacher", "--protocol=select"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"{workdir}/config.json: ran with train.refit_on_valid=True, but --protocol=select; use another --root"
+    )

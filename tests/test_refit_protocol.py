@@ -103,8 +103,28 @@ def test_a_student_selected_on_valid_refuses_a_teacher_that_saw_valid(refit_teac
     # Without a valid split nothing is selected on valid, so the refit teacher is the one to use
     # (MovieLens is split leave-one-out, so its valid split is emptied by hand here).
     data = load_configured(config)
-    teacher = runs.load_teacher(config, dataclasses.replace(data, valid=data.valid.head(0)), phase="select")
+    no_valid = dataclasses.replace(data, valid=data.valid.head(0))
+    teacher = runs.load_teacher(config, no_valid, phase="select")
     assert (teacher.checkpoint, teacher.refit) == ("best", True)
+    # The same holds for a teacher that keeps select/: a student that selects nothing on valid
+    # distils from the shipped (refit) model in every phase.
+    config.teacher_workdir = str(member_dirs[0])
+    assert runs.load_teacher(config, no_valid, phase="select").checkpoint == "best"
+
+
+def test_a_resumed_student_refuses_a_teacher_that_changed_under_it(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    teacher_dir = tmp_path / "teacher"
+    shutil.copytree(member_dirs[0], teacher_dir)
+    config = refit_config("student", teacher_workdir=str(teacher_dir))
+    config.train.refit_on_valid, config.train.num_epochs = False, 1
+    train.train_and_evaluate(config, str(tmp_path / "student"))
+    (tmp_path / "student" / "results.json").unlink()  # the finished run will resume once more
+    # The teacher "retrained": its select/ now holds another step (member 1 selected epoch 1).
+    shutil.rmtree(teacher_dir / "checkpoints" / "select")
+    shutil.copytree(member_dirs[1] / "checkpoints" / "select", teacher_dir / "checkpoints" / "select")
+    with pytest.raises(defaults.ConfigError, match=r"the teacher changed under a running student"):
+        train.train_and_evaluate(config, str(tmp_path / "student"))
 
 
 def test_a_teacher_that_held_out_less_valid_is_refused(refit_teachers, tmp_path):
