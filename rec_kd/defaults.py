@@ -4,7 +4,14 @@
 comma-separated words after the config file's ':' — `teacher` (default) or `student`, optionally
 `smoke`, optionally a student variant (`full`, `ce`, `kd`, `kd_cl`, `tt`, `dense`). Every
 hyperparameter lives here; flags are only --config and --workdir.
+
+`get_config("custom", arg)` (configs/custom.py) is the same config for a dataset of the user's
+own, given by `data.format` and `data.path` (docs/data.md). Its `dataset` field is computed from
+those two, so a student is refused a teacher trained on another file by the same check that
+refuses a Tmall teacher to a RetailRocket student.
 """
+
+import os
 
 import ml_collections
 
@@ -14,6 +21,9 @@ class ConfigError(ValueError):
 
 
 DATASETS = ("tmall", "retailrocket", "yoochoose1_64", "beauty", "ml-100k")
+CUSTOM = "custom"
+# data.format of a custom dataset: the reader of rec_kd/data that reads data.path.
+FORMATS = ("srgnn", "user_sequences", "inter", "events")
 VARIANTS = ("full", "ce", "kd", "kd_cl", "tt", "dense")
 
 # The paper's main STTD settings (METHOD.md); other datasets get a factorisation suggested from
@@ -43,8 +53,8 @@ def parse_arg(arg: str) -> tuple[str, bool, str]:
 
 
 def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if dataset not in (*DATASETS, CUSTOM):
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS} or {CUSTOM!r}")
     stage, smoke, variant = parse_arg(arg)
     config = ml_collections.ConfigDict()
     # Dataset name as `rec_kd.data.inspect` knows it.
@@ -171,9 +181,17 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # Log training metrics every this many steps.
     config.train.log_every_steps = 100
 
-    if dataset == "ml-100k":
-        # The demo's dataset: a few minutes per stage on a 2-core CPU.
+    if dataset == "ml-100k" and not smoke:
+        # The demo's dataset: settings chosen on valid to come close to convergence in 3 epochs
+        # (about 4 minutes per stage on a 2-core CPU; what was tried: docs/data.md). Smoke runs
+        # keep the base settings, whose step counts and learning rates the tests are written for.
+        config.model.dropout_rate = 0.2
+        config.train.learning_rate = 2e-3
+        config.train.schedule = "cosine"
+        config.train.warmup_steps = 300
         config.train.num_epochs = 3
+    if dataset == CUSTOM:
+        add_custom_data_fields(config)
     if smoke:
         config.data.max_train_examples = 3000
         config.data.max_eval_examples = 1000
@@ -182,3 +200,50 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
         config.train.checkpoint_every_steps = 10
         config.train.log_every_steps = 5
     return config
+
+
+def add_custom_data_fields(config: ml_collections.ConfigDict) -> None:
+    """The fields of a dataset given by format and path (configs/custom.py), in place."""
+    data = config.data
+    # Reader of data.path, one of FORMATS: 'srgnn' (a folder holding the train.txt and test.txt
+    # pickles), 'user_sequences' ('u i1 i2 ...' or 'u i' lines), 'inter' (a RecBole .inter file) or
+    # 'events' (a raw click CSV, preprocessed with the data.events rules).
+    data.format = ""
+    # The folder (srgnn) or the file. A relative path is relative to the working directory (for
+    # sweeps, which start their runs in the repository: to the repository).
+    data.path = ""
+    events = data.events = ml_collections.ConfigDict()
+    # The raw-events rules, in rec_kd/data/raw_events.py's order of steps; 0 means "no such limit"
+    # where noted. Column names of the session (or user) id, item id and timestamp, and the delimiter.
+    events.session_column = "session_id"
+    events.item_column = "item_id"
+    events.time_column = "timestamp"
+    events.delimiter = ","
+    # Seconds per timestamp unit (0.001 for milliseconds).
+    events.time_unit_seconds = 1.0
+    # Keep only the first N distinct session keys, in file order (0 = all).
+    events.max_session_keys = 0
+    # A gap longer than this starts a new session within one key (0 = never split).
+    events.session_gap_seconds = 0.0
+    # Sessions shorter than this are dropped (before and after dropping rare items).
+    events.min_session_length = 2
+    # Clicks on items seen fewer times than this are dropped.
+    events.min_item_count = 5
+    # Sessions longer than this are dropped (0 = no limit).
+    events.max_session_length = 0
+    # Sessions ending in the last this many seconds of the log are the test split.
+    events.test_window_seconds = 86400.0
+    # The shortest prefix a session is expanded to (1: every click after the first is a target).
+    events.min_prefix_length = 1
+    # What `dataset` holds: 'custom:FORMAT:/absolute/path', computed when read, so it follows the
+    # overrides of data.format and data.path. The teacher check compares it (teacher and student
+    # must read the same file), results.json reports it, and the data is read from it (so a run
+    # read back from its config.json finds its file from any working directory).
+    absolute_path = data.get_ref("path")._apply_op(lambda path: os.path.abspath(path) if path else "")  # lazy, like `+`
+    config.dataset = f"{CUSTOM}:" + data.get_ref("format") + ":" + absolute_path
+    # Unused: data.path names the data.
+    config.data_dir = ""
+    # Students: with empty table.item_factors, the rank is the largest whose table is at least this
+    # many times smaller than the dense one (factors suggested from the catalogue size;
+    # rec_kd/compress/sttd.py suggest_spec_at_compression). table.ranks is then ignored.
+    config.table.target_compression = 30.0

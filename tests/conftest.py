@@ -1,4 +1,11 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
+
+The real benchmark files are not part of a clone: a user's clone has no ../shared/data, and the
+tests that read them skip, saying how to point them at the data. CI sets REC_KD_REQUIRE_DATA=1, so
+there a missing data folder fails those tests instead of skipping them: coverage cannot vanish
+silently. Everything else (MovieLens-100k from the RecBole wheel, fixtures, synthetic data) runs
+everywhere.
+"""
 
 import os
 from pathlib import Path
@@ -6,13 +13,25 @@ from pathlib import Path
 import pytest
 
 
+def missing_data_message(path: str) -> str:
+    return (
+        f"benchmark data not found at {path}: set REC_KD_DATA_DIR to the folder holding tmall/, retailrocket/, "
+        "yoochoose1_64/ and amazon_beauty_5core/ (docs/data.md)"
+    )
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> str:
-    """The real benchmark folder: $REC_KD_DATA_DIR, else the shared/data folder beside the repo."""
+    """The real benchmark folder: $REC_KD_DATA_DIR, else the shared/data folder beside the repo.
+
+    Missing: the test skips, or fails when REC_KD_REQUIRE_DATA=1 (CI).
+    """
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     path = os.environ.get("REC_KD_DATA_DIR", str(default))
     if not os.path.isdir(path):
-        pytest.fail(f"benchmark data not found at {path}; set REC_KD_DATA_DIR")
+        if os.environ.get("REC_KD_REQUIRE_DATA") == "1":
+            pytest.fail(missing_data_message(path) + "; REC_KD_REQUIRE_DATA=1 makes this a failure")
+        pytest.skip(missing_data_message(path))
     return path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rec_kd.data import DataError, load_dataset, load_inter, load_srgnn, load_user_sequences
+from rec_kd.data import DataError, load_dataset, load_inter, load_path, load_srgnn, load_user_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_TRAIN = ([[1, 2], [1], [3]], [3, 2, 1])
@@ -170,6 +170,68 @@ def test_bad_inter(tmp_path, content, message):
     assert_one_line_error(lambda: load_inter(str(path)), path, message)
 
 
+# A dataset given by format and path (configs/custom.py, inspect --format): the path is checked
+# before any reader runs, and a reader's error on a file of another format says which it looks like.
+GOOD_INTER = HEADER + "".join(f"{u}\t{i}\t3\t{t}\n" for u in (1, 2) for t, i in enumerate((5, 6, 7, 8, 9)))
+GOOD_SEQUENCES = "1 5 6 7 8 9\n2 5 6 7 8 9\n"
+GOOD_EVENTS = "session_id,item_id,timestamp\n" + "".join(f"s{k},i{i},{100 * k + t}\n" for k in range(6) for t, i in enumerate("abc"))
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    return path
+
+
+def test_load_path_reads_each_file_format(tmp_path):
+    inter = load_path("inter", str(write(tmp_path, "log.inter", GOOD_INTER)))
+    sequences = load_path("user_sequences", str(write(tmp_path, "seqs.txt", GOOD_SEQUENCES)))
+    # Two users of 5 items each, leave-one-out: 2 training examples each (prefixes of 1 and 2 items).
+    for data in (inter, sequences):
+        assert (data.num_items, len(data.train), len(data.valid), len(data.test)) == (9, 4, 2, 2)
+    # Six sessions [a b c], 100 s apart; the last day is test unless the window is shorter. With a
+    # 250 s window, sessions ending after 502 - 250 = 252 (s3, s4, s5) are test.
+    events = load_path("events", str(write(tmp_path, "clicks.csv", GOOD_EVENTS)), {"min_item_count": 1, "test_window_seconds": 250})
+    assert (events.num_items, events.num_train_sessions, len(events.test)) == (3, 3, 6)
+
+
+@pytest.mark.parametrize(
+    "data_format, name, content, message",
+    [
+        ("inter", None, None, "no such file or folder"),
+        ("inter", "empty.inter", "", "the file is empty"),
+        ("events", "empty.csv", "", "the file is empty"),
+        ("user_sequences", "empty.txt", "", "the file is empty"),
+        ("srgnn", "log.inter", GOOD_INTER, "is a file, but format 'srgnn' reads a folder holding train.txt and test.txt"),
+        ("user_sequences", "log.inter", GOOD_INTER, r"line 1: item id 'item_id:token' is not an integer \(it looks like format 'inter'"),
+        ("events", "log.inter", GOOD_INTER, r"missing column .* \(it looks like format 'inter'"),
+        ("inter", "clicks.csv", GOOD_EVENTS, r"malformed header: .* \(it looks like format 'events'"),
+        ("inter", "seqs.txt", GOOD_SEQUENCES, r"malformed header: .* \(it looks like format 'user_sequences'"),
+        ("events", "no_time.csv", "session_id,item_id\ns,a\n", r"missing column timestamp \(the time_column\); the header has"),
+        (
+            "inter",
+            "header_only.inter",
+            HEADER,
+            r"no train examples after reading it as 'inter' \(leave-one-out needs users with at least 4 items\)",
+        ),
+        ("user_sequences", "short.txt", "1 5 6 7\n", "no train examples after reading it as 'user_sequences'"),
+        ("events", "one_day.csv", GOOD_EVENTS, "no train examples after reading it as 'events'"),
+    ],
+)
+def test_load_path_refuses_bad_input_naming_the_file(tmp_path, data_format, name, content, message):
+    path = tmp_path / "missing" if name is None else write(tmp_path, name, content)
+    events = {"min_item_count": 1} if data_format == "events" else None  # all six sessions end within a day: no train
+    assert_one_line_error(lambda: load_path(data_format, str(path), events), path, message)
+
+
+def test_load_path_wants_a_folder_for_srgnn_and_a_file_otherwise(tmp_path):
+    folder = srgnn_folder(tmp_path, pickle.dumps(GOOD_TRAIN))
+    assert load_path("srgnn", str(folder)).num_items == 3
+    assert_one_line_error(lambda: load_path("inter", str(folder)), folder, "is a folder, but format 'inter' reads a RecBole .inter file")
+    with pytest.raises(DataError, match="unknown data format 'csv'; expected one of srgnn, user_sequences, inter, events"):
+        load_path("csv", str(folder))
+
+
 def run_inspect(*args):
     return subprocess.run(
         [sys.executable, "-m", "rec_kd.data.inspect", *args],
@@ -188,6 +250,12 @@ def test_inspect_reports_bad_input_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and str(folder / "train.txt") in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_inspect_by_path_names_the_file_and_the_problem(tmp_path):
+    result = run_inspect("--format=events", f"--path={tmp_path / 'none.csv'}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == f"error: {tmp_path / 'none.csv'}: no such file or folder"
 
 
 def test_inspect_missing_folder(tmp_path):

@@ -8,6 +8,7 @@ from rec_kd.compress.sttd import (
     materialize_rows,
     num_params,
     suggest_spec,
+    suggest_spec_at_compression,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "materialize_rows",
     "num_params",
     "suggest_spec",
+    "suggest_spec_at_compression",
 ]

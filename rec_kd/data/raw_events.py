@@ -63,9 +63,10 @@ def read_events(path: str, session_column: str, item_column: str, time_column: s
     if not rows:
         raise DataError(f"{path}: malformed header: the file is empty")
     header = [name.strip() for name in rows[0]]
-    missing = [c for c in (session_column, item_column, time_column) if c not in header]
+    wanted = {"session_column": session_column, "item_column": item_column, "time_column": time_column}
+    missing = [f"{column} (the {option})" for option, column in wanted.items() if column not in header]
     if missing:
-        raise DataError(f"{path}: malformed header: missing column {', '.join(missing)} (got {header})")
+        raise DataError(f"{path}: malformed header: missing column {', '.join(missing)}; the header has {header}")
     key_col, item_col, time_col = (header.index(c) for c in (session_column, item_column, time_column))
     events = []
     for line_number, row in enumerate(rows[1:], start=2):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from rec_kd.compress import sttd
+from rec_kd.defaults import ConfigError
 from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initializers
 
 # 'mean': METHOD.md's readout (the gate sees the masked mean of the encoder outputs). 'mean+summary':
@@ -167,11 +168,27 @@ def sttd_spec_from_config(table_config) -> sttd.STTDSpec:
 
 
 def resolve_table_config(config, num_items: int) -> None:
-    """Fills a student's empty STTD factors with a suggested factorisation of this catalogue (in place)."""
+    """Fills a student's empty STTD factors with a suggested factorisation of this catalogue (in place).
+
+    With `table.target_compression` (the custom-data config has it), the rank is the largest that
+    compresses the table at least that much (sttd.suggest_spec_at_compression); without it, the
+    named datasets' fixed `table.ranks[0]`. Explicit item_factors are kept as they are.
+    """
     table = config.table
     if config.stage != "student" or table.kind == "dense" or table.item_factors:
         return
     t = 1 if table.kind == "tt" else table.t
-    spec = sttd.suggest_spec(num_items + 1, config.model.hidden_dim, table.ranks[0], t, table.num_cores)
+    target = table.get("target_compression", 0)
+    if target:
+        spec = sttd.suggest_spec_at_compression(num_items + 1, config.model.hidden_dim, target, t, table.num_cores)
+        if spec is None:
+            smallest = sttd.suggest_spec(num_items + 1, config.model.hidden_dim, t, t, table.num_cores)
+            raise ConfigError(
+                f"{config.data.get('path') or config.dataset}: a catalogue of {num_items} items is too small to compress "
+                f"{target:g}x (a {table.num_cores}-core table reaches {sttd.compression_ratio(smallest):.1f}x at most); "
+                "lower --config.table.target_compression or train the 'dense' variant"
+            )
+    else:
+        spec = sttd.suggest_spec(num_items + 1, config.model.hidden_dim, table.ranks[0], t, table.num_cores)
     with config.unlocked():
         table.item_factors, table.dim_factors, table.ranks = spec.item_factors, spec.dim_factors, spec.ranks
