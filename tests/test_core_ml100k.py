@@ -20,12 +20,11 @@ import pytest
 from launch import demo, report
 from rec_kd.data import movielens_100k_path
 from tests.test_train import (
-    free_port,
-    main_command,
     main_env,
     results,
     resumed_step,
     run_main,
+    run_two_processes,
     start_main,
     train_losses,
     wait_for_train_step,
@@ -89,16 +88,8 @@ def test_teacher_four_devices_equal_one(teacher, teacher_four_devices):
 
 
 def test_two_processes_of_two_devices_equal_one_process_of_four(teacher_four_devices, tmp_path):
-    workdir, port = tmp_path / "two_processes", free_port()
-    processes = []
-    for process_id in range(2):
-        env = main_env(2)
-        env.update(REC_KD_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", REC_KD_NUM_PROCESSES="2", REC_KD_PROCESS_ID=str(process_id))
-        command = main_command("ml_100k.py:teacher,smoke", workdir, NO_DATA_DIR, *SMALL)
-        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for process in processes:
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
+    workdir = tmp_path / "two_processes"
+    run_two_processes("ml_100k.py:teacher,smoke", workdir, NO_DATA_DIR, *SMALL)
     assert results(workdir)["num_devices"] == 4
     assert_same_metrics(workdir, teacher_four_devices)
     assert_same_losses(workdir, teacher_four_devices)  # one writer: process 0 only

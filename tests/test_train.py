@@ -109,18 +109,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_of_two_devices_equal_one_process_of_four(tmall_teacher_four_devices, tmp_path, data_dir):
-    """jax.distributed on 127.0.0.1: each process feeds its half of every batch; Orbax saves collectively."""
-    workdir, port = tmp_path / "two_processes", free_port()
-    processes = []
+def run_two_processes(config_arg: str, workdir: Path, data_dir: str, *overrides: str) -> None:
+    """One `rec_kd.main` run as two processes of two fake devices each, coordinated on 127.0.0.1."""
+    port, processes = free_port(), []
     for process_id in range(2):
         env = main_env(2)
         env.update(REC_KD_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", REC_KD_NUM_PROCESSES="2", REC_KD_PROCESS_ID=str(process_id))
-        command = main_command("tmall.py:teacher,smoke", workdir, data_dir, *TMALL_SMOKE)
+        command = main_command(config_arg, workdir, data_dir, *overrides)
         processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmall_teacher_four_devices, tmp_path, data_dir):
+    """jax.distributed on 127.0.0.1: each process feeds its half of every batch; Orbax saves collectively."""
+    workdir = tmp_path / "two_processes"
+    run_two_processes("tmall.py:teacher,smoke", workdir, data_dir, *TMALL_SMOKE)
     expected, got = results(tmall_teacher_four_devices), results(workdir)
     assert got["num_devices"] == 4
     for split in ("valid", "test", "test_cold"):
