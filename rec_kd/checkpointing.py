@@ -77,13 +77,12 @@ def restore_latest(managers: list[ocp.CheckpointManager], abstract_state: Any) -
     raise CheckpointError(f"no checkpoint step common to every member restores: {directories}")
 
 
-def latest_phase(directories: list[str]) -> str:
+def latest_phase(directory: str) -> str:
     """The run phase ('select' or 'refit') in the newest `latest/` checkpoint's meta; 'select' if none.
 
     Reads the meta alone (no arrays), before the program that the state needs exists. A
     checkpoint that cannot be read counts as none here; the full restore decides what to do.
     """
-    directory = directories[0]
     if not os.path.isdir(directory):
         return "select"
     checkpoints = manager(directory, max_to_keep=2)

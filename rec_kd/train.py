@@ -148,9 +148,12 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
         jax.process_count(),
         len(configs),
     )
-    # The teacher of the phase the run is in (a run resumed in its refit never loads the select one).
-    phase = checkpointing.latest_phase([os.path.join(workdir, "checkpoints", "latest") for workdir in workdirs])
-    teacher = runs.load_teacher(config, data, placement.replicated, phase) if config.stage == "student" else None
+    teacher = None
+    if config.stage == "student":
+        # The teacher of the phase the run is in (a run resumed in its refit never loads the select
+        # one); every member's records hold the same phase, so the first member's tell.
+        phase = checkpointing.latest_phase(os.path.join(workdirs[0], "checkpoints", "latest"))
+        teacher = runs.load_teacher(config, data, placement.replicated, phase)
     run = members.build_run(configs, data, placement, teacher, steps_per_epoch)
     stack = [
         Member(
