@@ -59,18 +59,17 @@ def export_standin_student(teacher_workdir: str, student_config_dir: str, out_di
 
     The architecture and STTD spec come from a student run's config.json (e.g. one still
     training); the dense layers are the teacher's and the cores are freshly initialised
-    (sttd.init_cores), so the figures of size, RAM and latency are the student's, its scores are not.
+    (its spec's init), so the figures of size, RAM and latency are the student's, its scores are not.
     """
     import jax
 
     from rec_kd import export, runs
-    from rec_kd.compress import sttd
     from rec_kd.models import build_model
 
     teacher, num_items = export.load_workdir(teacher_workdir)
     model = build_model(runs.read_run_config(student_config_dir), num_items)
     params = {key: value for key, value in teacher.params.items() if key != "item_embedding"}
-    params["sttd_cores"] = sttd.init_cores(jax.random.key(0), model.sttd_spec, target_std=model.hidden_dim**-0.5)
+    params[model.spec.param_name] = model.spec.init(jax.random.key(0), model.hidden_dim**-0.5)
     paths = {}
     for mode, quantize in STUDENT_VARIANTS:
         path = os.path.join(out_dir, variant_name("student", mode, quantize) + ".onnx")

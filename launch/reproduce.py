@@ -22,6 +22,7 @@ Rows (students distil the dataset's seed-0 teacher):
   x300      STTD K=3, the largest equal rank giving >= 300x
   ce, kd, kd_cl   objective ablations at the main setting (no distillation; soft targets; + contrastive)
   tt        plain TT (t = 1) at the largest rank not above the main setting's parameter count
+  dense     the uncompressed table with the full objective (what compression costs)
 """
 
 import dataclasses
@@ -35,7 +36,7 @@ from rec_kd import defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
 
-ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt")
+ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
 SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
 
 _ROOT = flags.DEFINE_string("root", None, "Folder for every run's workdir (outside the repository).")
@@ -101,9 +102,9 @@ def x300_spec(num_rows: int, dim: int = 128) -> sttd.STTDSpec:
 
 
 def tt_spec(main: sttd.STTDSpec) -> sttd.STTDSpec:
-    """t = 1 at the largest rank whose parameter count does not exceed the main setting's."""
-    candidates = [dataclasses.replace(main, ranks=(rank,), t=1) for rank in range(1, main.ranks[0] + 1)]
-    return max((spec for spec in candidates if sttd.num_params(spec) <= sttd.num_params(main)), key=sttd.num_params)
+    """t = 1 on the main factors at the largest rank whose parameter count does not exceed the main setting's."""
+    factors = {"item_factors": main.item_factors, "dim_factors": main.dim_factors, "t": 1}
+    return sttd.spec_from_options(main.num_rows, main.dim, sttd.budget_options(main.num_rows, main.dim, sttd.num_params(main), factors))
 
 
 def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, root: str, refit: bool = True) -> list[RunSpec]:
@@ -116,8 +117,9 @@ def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, 
         "kd": main,
         "kd_cl": main,
         "tt": tt_spec(main),
+        "dense": main,  # moot: a dense table ignores the STTD fields
     }
-    variants = {"main": "full", "x100": "full", "x300": "full", "ce": "ce", "kd": "kd", "kd_cl": "kd_cl", "tt": "tt"}
+    variants = {"main": "full", "x100": "full", "x300": "full", "ce": "ce", "kd": "kd", "kd_cl": "kd_cl", "tt": "tt", "dense": "dense"}
     teacher_dir = os.path.join(root, dataset, "teacher_s0")
     common = (f"--config.data_dir={data_dir}",) + (SMOKE_OVERRIDES if smoke else ())
     common += ("--config.train.refit_on_valid=True",) if refit else ()

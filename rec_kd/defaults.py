@@ -2,7 +2,8 @@
 
 `get_config(dataset, arg)` builds an ml_collections.ConfigDict for a dataset; `arg` is the
 comma-separated words after the config file's ':' — `teacher` (default) or `student`, optionally
-`smoke`, optionally a student variant (`full`, `ce`, `kd`, `kd_cl`, `tt`, `dense`). Every
+`smoke`, optionally a student variant (`full`, `ce`, `kd`, `kd_cl`; or a table: `tt`, `dense`,
+`lowrank`, `hash`, `qr`, `mixed_dim`, each with the full objective). Every
 hyperparameter lives here; flags are only --config and --workdir.
 
 `get_config("custom", arg)` (configs/custom.py) is the same config for a dataset of the user's
@@ -24,7 +25,9 @@ DATASETS = ("tmall", "retailrocket", "yoochoose1_64", "beauty", "ml-100k")
 CUSTOM = "custom"
 # data.format of a custom dataset: the reader of rec_kd/data that reads data.path.
 FORMATS = ("srgnn", "user_sequences", "inter", "events")
-VARIANTS = ("full", "ce", "kd", "kd_cl", "tt", "dense")
+# Table kinds of rec_kd/compress besides the main 'sttd': each is also a student variant.
+TABLE_VARIANTS = ("tt", "dense", "lowrank", "hash", "qr", "mixed_dim")
+VARIANTS = ("full", "ce", "kd", "kd_cl", *TABLE_VARIANTS)
 
 # The paper's main STTD settings (METHOD.md); other datasets get a factorisation suggested from
 # their catalogue size (empty item_factors).
@@ -119,8 +122,10 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     config.model.readout = "mean+summary"
 
     config.table = ml_collections.ConfigDict()
-    # Student item table: 'sttd', 'tt' (plain TT-matrix, t forced to 1) or 'dense'.
-    config.table.kind = {"tt": "tt", "dense": "dense"}.get(variant, "sttd")
+    # Student item table (rec_kd/compress): 'sttd', 'tt' (plain TT-matrix, t forced to 1), 'dense',
+    # or a compressor sized to `budget`: 'lowrank', 'hash', 'qr', 'mixed_dim' (options below).
+    # Combine a table with an objective ablation by overriding this: `student,ce --config.table.kind=qr`.
+    config.table.kind = variant if variant in TABLE_VARIANTS else "sttd"
     # Small catalogues need a smaller rank to compress at all (MovieLens-100k has 1,683 rows).
     suggested_rank = 16 if dataset == "ml-100k" else 60
     main_table = MAIN_TABLES.get(dataset, dict(item_factors=(), dim_factors=(), ranks=(suggested_rank,), t=2))
@@ -134,6 +139,22 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     config.table.t = main_table["t"]
     # Cores K when the factors are suggested.
     config.table.num_cores = 2
+    # Parameters the kinds below may use; each size left at 0 becomes the largest setting within
+    # it. 0 = the size of this catalogue's main STTD table above (191,160 on Tmall), so every
+    # compressor is compared at the STTD student's size. results.json records the exact count.
+    config.table.budget = 0
+    # 'lowrank': E = A B, A (P, rank), B (rank, d).
+    config.table.lowrank = ml_collections.ConfigDict({"rank": 0})
+    # 'hash': `buckets` shared rows; num_hashes 1 without item_weights is the hashing trick, 2 with
+    # learned per-item weights is hash embeddings (rec_kd/compress/hashing.py).
+    config.table.hash = ml_collections.ConfigDict({"buckets": 0, "num_hashes": 2, "item_weights": True})
+    # 'qr': quotient-remainder tables indexed by i // modulus and i % modulus; combine 'mult',
+    # 'add' or 'concat'.
+    config.table.qr = ml_collections.ConfigDict({"modulus": 0, "combine": "mult"})
+    # 'mixed_dim': hot items (data.hot_fraction) get hot_dim-wide rows, the rest cold_dim-wide
+    # (0 = round(hot_dim * cold_ratio), at least 1), each block projected to d. hot_rows is filled
+    # from the data when the run starts (the packed hot mask; rec_kd/compress/mixed_dim.py).
+    config.table.mixed_dim = ml_collections.ConfigDict({"hot_dim": 0, "cold_dim": 0, "cold_ratio": 0.25, "hot_rows": ""})
 
     config.distill = ml_collections.ConfigDict()
     # lambda: weight of soft-target KD; the rec loss gets 1 - lambda.

@@ -8,11 +8,13 @@ readout, full-catalogue scores, TopK), so ONNX Runtime computes it on any device
 including phones (ONNX Runtime Mobile). jax2onnx was not used: its release for this JAX pins
 orbax-checkpoint < 0.11.37, below the project's 0.12.8 (see docs/export.md).
 
-The student's STTD table stays compressed in the file: only the cores are stored.
-- mode 'materialized': the graph builds the dense table from the cores; every input of that
-  subgraph is a constant, so ONNX Runtime folds it once when the session is created (the RAM cost
-  and the lookup speed of a dense table, the file size of the cores).
-- mode 'factored': no dense table ever exists. Input rows come from the cores by their item-id
+The student's table stays compressed in the file: only its compressed parameters are stored
+(the STTD cores, or the low-rank factors, hash buckets and weights, QR tables, mixed-dimension
+blocks and projections with the packed hot-row mask; rec_kd/compress, each spec's onnx_table).
+- mode 'materialized' (every kind): the graph builds the dense table from those parameters; every
+  input of that subgraph is a constant, so ONNX Runtime folds it once when the session is created
+  (the RAM cost and the lookup speed of a dense table, the file size of the compressed one).
+- mode 'factored' (STTD only): no dense table ever exists. Input rows come from the cores by their item-id
   digits (METHOD.md's row-by-row definition), and for K = 2 the scores are contracted through the
   cores: with G_1 viewed as (I_1, J_1, R_1/t, t), row x*I_2 + y, width j*J_2 + c*t + v,
       T[b, x, a, c]  = sum_{j, v} s[b, j, c, v] G_1[x, j, a, v]
@@ -40,6 +42,8 @@ import sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from rec_kd.compress import sttd
 
 OPSET = 17
 INPUT_ITEMS = "session_items"
@@ -143,26 +147,9 @@ def quantize_symmetric(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.nda
 
 
 # ----------------------------------------------------------------------------------------------
-# The item table: dense, materialised from the cores, or factored.
+# The item table: built from the stored compressed parameters (every kind's spec.onnx_table), or
+# for STTD also factored.
 # ----------------------------------------------------------------------------------------------
-
-
-def sttd_core_names(g: GraphBuilder, cores: list[np.ndarray]) -> list[str]:
-    return [g.weight(f"sttd_core_{k}", core) for k, core in enumerate(cores)]
-
-
-def materialized_table(g: GraphBuilder, cores: list[str], spec) -> str:
-    """(P, d) table from the cores, as rec_kd.compress.sttd.materialize: all inputs constant."""
-    ranks = (1, *spec.ranks, 1)
-    t = spec.t
-    state = cores[0]  # (I_1, J_1, R_1)
-    rows, width = spec.item_factors[0], spec.dim_factors[0]
-    for k in range(1, spec.num_cores):
-        chunks = g.reshape(state, [rows, width, ranks[k] // t, t])  # (n, W, R_{k-1}/t, t)
-        grown = g.op("Einsum", chunks, cores[k], equation="nwav,ayc->nywcv")  # (n, I_k, W, J_k R_k/t, t)
-        rows, width = rows * spec.item_factors[k], width * spec.dim_factors[k]
-        state = g.reshape(grown, [rows, width, ranks[k + 1]])
-    return g.reshape(state, [spec.num_rows, spec.dim])  # (P, d)
 
 
 def item_digits(g: GraphBuilder, items: str, spec) -> list[str]:
@@ -252,13 +239,6 @@ def as_numpy_tree(tree):
     return np.asarray(tree, dtype=np.float32)
 
 
-def core_list(cores) -> list[np.ndarray]:
-    """The STTD cores in order, whether the checkpoint kept them as a list or a {'0': ...} dict."""
-    if isinstance(cores, dict):
-        return [cores[key] for key in sorted(cores, key=int)]
-    return list(cores)
-
-
 def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str | None) -> onnx.GraphProto:
     """The ONNX graph of a SeqRecModel with `params` (a flax params dict) answering top-k."""
     if mode not in MODES:
@@ -267,7 +247,10 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         raise ExportError(f"k = {k} must lie in [1, num_items = {num_items}]")
     params = as_numpy_tree(params)
     g = GraphBuilder(quantize)
-    length, dim, spec = model.max_len, model.hidden_dim, model.sttd_spec
+    length, dim, spec = model.max_len, model.hidden_dim, model.spec
+    factored = mode == "factored" and isinstance(spec, sttd.STTDSpec)
+    if mode == "factored" and not factored and model.table_spec is not None:  # a dense table ignores the mode
+        raise ExportError(f"mode 'factored' is for STTD tables; this model's table is {type(spec).__name__} (use 'materialized')")
 
     # The 'mean+summary' readout appends one column: the summary token sits at position `length`.
     summary = getattr(model, "readout", "mean") == "mean+summary"
@@ -282,13 +265,12 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
     causal = g.constant(np.tril(np.ones((width, width), dtype=bool))[None, None])  # (1, 1, W, W)
     allowed = g.op("And", causal, g.unsqueeze(mask_bool, [1, 2]))  # (B, 1, L, L)
 
-    if spec is None:
-        table = g.weight("item_embedding", params["item_embedding"])  # (N + 1, d)
+    if factored:
+        table, cores = None, sttd.onnx_core_names(g, sttd.core_list(params[spec.param_name]))
+        embedded = factored_lookup(g, cores, spec, items)
     else:
-        cores = sttd_core_names(g, core_list(params["sttd_cores"]))
-        table = materialized_table(g, cores, spec) if mode == "materialized" else None
-
-    embedded = g.op("Gather", table, items, axis=0) if table else factored_lookup(g, cores, spec, items)
+        table = spec.onnx_table(g, params[spec.param_name])  # (rows, d): the stored weights, folded at load
+        embedded = g.op("Gather", table, items, axis=0)
     if summary:
         is_summary = g.unsqueeze(g.op("Equal", positions, lengths), [2])  # (B, W, 1)
         embedded = g.op("Where", is_summary, g.weight("summary_embedding", params["summary_embedding"]), embedded)
@@ -337,7 +319,7 @@ def build_onnx_model(
     graph = build_graph(model, params, num_items, mode, k, quantize)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rec_kd.export")
     onnx_model.ir_version = 8
-    table_mode = "dense" if model.sttd_spec is None else mode
+    table_mode = "dense" if model.table_spec is None else mode
     props = {
         "num_items": num_items,
         "max_len": model.max_len,

@@ -6,13 +6,15 @@ import sys
 import jax
 import numpy as np
 
+from rec_kd.compress import TABLE_PARAM_NAMES
+
 
 def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def table_param_count(model_params) -> int:
-    return count_params({key: value for key, value in model_params.items() if key in ("item_embedding", "sttd_cores")})
+    return count_params({key: value for key, value in model_params.items() if key in TABLE_PARAM_NAMES})
 
 
 def protocol_name(refit: bool, selected: dict) -> str:
@@ -36,6 +38,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
     results = {
         "stage": config.stage,
         "variant": config.variant,
+        "table_kind": config.table.kind if config.stage == "student" else "dense",
         "dataset": config.dataset,
         "num_items": data.num_items,
         "seed": config.seed,
@@ -74,7 +77,9 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         }
     if config.stage == "student":
         dim = config.model.hidden_dim
-        dense_rows = data.num_items + 1 if config.table.kind == "dense" else int(np.prod(config.table.item_factors))
+        # STTD / TT: the padded rows prod(I), as the authors count; other kinds have exactly N + 1 rows.
+        padded = config.table.kind in ("sttd", "tt")
+        dense_rows = int(np.prod(config.table.item_factors)) if padded else data.num_items + 1
         results["embedding_compression"] = dense_rows * dim / item_table
         results["model_compression"] = count_params(teacher.params) / inference_total
         results["teacher_workdir"] = teacher.workdir

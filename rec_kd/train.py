@@ -117,10 +117,10 @@ class Training:
 # ----------------------------------------------------------------------------------------------
 
 
-def write_configs(configs: Sequence, workdirs: Sequence[str], num_items: int) -> None:
+def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.SessionData) -> None:
     """Resolves each member's table for this catalogue and writes its config.json (process 0)."""
     for member_config, workdir in zip(configs, workdirs, strict=True):
-        resolve_table_config(member_config, num_items)
+        resolve_table_config(member_config, data.num_items, data.hot_mask)
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -135,7 +135,7 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
     data = data if data is not None else data_lib.load_configured(config)
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     steps_per_epoch = data_lib.num_train_batches(data.train, config.train.batch_size, buckets=buckets)
-    write_configs(configs, workdirs, data.num_items)
+    write_configs(configs, workdirs, data)
     logging.info(
         "%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices in %d processes, %d member(s).",
         data.name,

@@ -6,6 +6,7 @@ The slow test does the same end to end on MovieLens-100k with the real trainer a
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import optax
 import pytest
 
 from rec_kd import export, serving
-from rec_kd.compress import sttd
+from rec_kd.compress import hashing, lowrank, mixed_dim, qr, sttd
 from rec_kd.models.sasrec import SeqRecModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def train_tiny(model: SeqRecModel, steps: int = 200):
 
 def tiny_model(spec, readout: str = "mean") -> SeqRecModel:
     return SeqRecModel(
-        num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, readout=readout, sttd_spec=spec
+        num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, readout=readout, table_spec=spec
     )
 
 
@@ -163,7 +164,7 @@ def test_quantize_symmetric_per_channel():
 
 def test_the_file_keeps_the_table_compressed(student, teacher, tmp_path):
     model, params = student
-    cores = export.core_list(params["sttd_cores"])
+    cores = sttd.core_list(params["sttd_cores"])
     core_params = sum(core.size for core in cores)
     other_params = sum(x.size for x in jax.tree.leaves(params)) - core_params
     dense_table_bytes = 4 * (NUM_ITEMS + 1) * 16
@@ -322,3 +323,52 @@ def test_end_to_end_ml_100k_smoke_export_and_cli(tmp_path):
     for name, entry in models.items():
         assert entry["file_bytes"] == os.path.getsize(tmp_path / "bench" / f"{name}.onnx")
         assert 0 < entry["p50_ms"] <= entry["p90_ms"] <= entry["p99_ms"] and entry["cpu_affinity"] == [0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Every compressor exports its compressed parameters and answers as JAX does (rec_kd/compress).
+# ----------------------------------------------------------------------------------------------
+
+HOT_ROWS = np.arange(NUM_ITEMS + 1) % 5 == 2  # 80 hot items
+COMPRESSED_SPECS = {
+    "lowrank": lowrank.LowRankSpec(NUM_ITEMS + 1, 16, rank=6),
+    "hash": hashing.HashSpec(NUM_ITEMS + 1, 16, buckets=120),
+    "qr": qr.QRSpec(NUM_ITEMS + 1, 16, modulus=21),
+    "qr_concat": qr.QRSpec(NUM_ITEMS + 1, 16, modulus=21, combine="concat"),
+    "mixed_dim": mixed_dim.MixedDimSpec(NUM_ITEMS + 1, 16, hot_dim=8, cold_dim=4, hot_rows=mixed_dim.encode_rows(HOT_ROWS)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(COMPRESSED_SPECS))
+def compressed_student(request):
+    model = tiny_model(COMPRESSED_SPECS[request.param])
+    return request.param, model, train_tiny(model, steps=150)
+
+
+def test_every_kind_matches_jax_in_fp32_and_int8(compressed_student, queries, tmp_path):
+    kind, model, params = compressed_student
+    ref_ids, ref_scores = export.jax_top_k(model, params, *queries, 20)
+    fp32_path = write_model(tmp_path, model, params, name=f"{kind}.onnx")
+    ids, scores = serving.Recommender.load(fp32_path).run(*queries)
+    assert_same_top_k(ids, scores, ref_ids, ref_scores)
+    int8 = serving.Recommender.load(write_model(tmp_path, model, params, quantize="int8", name=f"{kind}_int8.onnx")).run(*queries)[0]
+    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ref_ids, int8, strict=True)])
+    assert overlap >= 0.9, f"{kind}: int8 top-20 overlaps JAX's by {overlap:.3f}"
+
+
+def test_every_kind_stores_only_its_compressed_parameters(compressed_student, tmp_path):
+    kind, model, params = compressed_student
+    table_params = params[model.spec.param_name]
+    initializers = onnx.load(write_model(tmp_path, model, params, name=f"{kind}.onnx")).graph.initializer
+    stored = {x.name: onnx.numpy_helper.to_array(x) for x in initializers}
+    assert not any(x.size >= (NUM_ITEMS + 1) * 16 for x in stored.values())  # no dense table
+    for name, leaf in table_params.items():
+        np.testing.assert_array_equal(stored[f"{model.spec.param_name}.{name}"], np.asarray(leaf))
+    int_bytes = sum(x.nbytes for x in stored.values() if x.dtype.kind in "iu" and x.size > 8)  # not the bool causal mask
+    assert int_bytes == (math.ceil((NUM_ITEMS + 1) / 8) if kind == "mixed_dim" else 0)  # the packed hot mask, no index arrays
+
+
+def test_factored_mode_is_for_sttd_only(compressed_student):
+    _, model, params = compressed_student
+    with pytest.raises(export.ExportError, match="'factored' is for STTD tables"):
+        export.build_onnx_model(model, params, NUM_ITEMS, "factored")

@@ -1,4 +1,4 @@
-"""launch/reproduce.py --smoke and launch/report.py, end to end, into a temporary folder."""
+"""launch/reproduce.py --smoke, launch/report.py and launch/compare_tables.py, end to end, into a temporary folder."""
 
 import json
 import subprocess
@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from launch import report
+from launch import compare_tables, report
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
-    root, out = tmp_path / "runs", tmp_path / "report"
+@pytest.fixture(scope="module")
+def smoke_grid(tmp_path_factory, data_dir):
+    """(root, command): the smoke grid's teacher, two seeds of the main student and TT, on Tmall slices."""
+    root = tmp_path_factory.mktemp("grid") / "runs"
     env_cmd = [
         sys.executable,
         "-m",
@@ -27,6 +29,11 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(tmp_path, data_dir):
         "--rows=teacher,main,tt",
     ]
     subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+    return root, env_cmd
+
+
+def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
+    (root, env_cmd), out = smoke_grid, tmp_path / "report"
     runs = sorted(path.parent.name for path in root.glob("tmall/*/results.json"))
     assert runs == ["main_s0", "main_s1", "teacher_s0", "tt_s0"]
     # The default protocol: every run refit on train + valid; students used the teacher's select/ model first.
@@ -68,3 +75,32 @@ def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path, data_dir):
     assert result.stderr.strip().endswith(
         f"{workdir}/config.json: ran with train.refit_on_valid=True, but --protocol=select; use another --root"
     )
+
+
+def test_compressor_grid_runs_each_kind_at_the_budget_and_reports_it(smoke_grid, data_dir, tmp_path):
+    root, _ = smoke_grid
+    command = [sys.executable, "-m", "launch.compare_tables", f"--root={root}", f"--data_dir={data_dir}", "--smoke", "--datasets=tmall"]
+    kinds = ["--kinds=qr,mixed_dim,hash", "--objectives=ce", "--budgets=main,x100"]
+    result = subprocess.run([*command, *kinds], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping qr at budget x100" in result.stderr and "below the smallest QR table for 40728 rows (51712)" in result.stderr
+    names = sorted(path.parent.name for path in (root / "tmall" / "tables").glob("*/results.json"))
+    assert names == ["hash_ce_main_s0", "mixed_dim_ce_main_s0", "mixed_dim_ce_x100_s0", "qr_ce_main_s0"]
+    assert "skipping hash at budget x100" in result.stderr  # its 2 x 40,728 item weights alone exceed 50,976
+    qr = json.loads((root / "tmall" / "tables" / "qr_ce_main_s0" / "results.json").read_text())
+    assert qr["table_kind"] == "qr" and qr["variant"] == "ce" and "losses" in qr and set(qr["losses"]) == {"rec", "total"}
+    assert qr["config"]["table"]["qr"]["modulus"] == 28 and qr["params"]["item_table"] == (1455 + 28) * 128  # <= 191,160
+    mixed = json.loads((root / "tmall" / "tables" / "mixed_dim_ce_x100_s0" / "results.json").read_text())
+    assert mixed["params"]["item_table"] <= 50_976  # the x100 STTD table's size
+
+    out = tmp_path / "report"
+    report_cmd = [*command, "--report", f"--report_out={out}", "--calls=200"]
+    subprocess.run(report_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+    text = (out / "compression.md").read_text()
+    qr_row = next(line for line in text.splitlines() if line.startswith("| qr | ce | main |"))
+    assert f"{qr['test']['hr@20']:.4f}" in qr_row and "189,824" in qr_row
+    fp32 = root / "tmall" / "tables" / "qr_ce_main_s0" / "export" / "fp32.onnx"
+    assert f"{fp32.stat().st_size / 1e6:.2f} MB" in qr_row
+    assert (out / "img" / "compression_tmall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "results" / "compression").iterdir()) == [f"tmall_{name}.json" for name in names]
+    assert compare_tables.RUN_NAME.fullmatch("mixed_dim_full_x100_s0").groups() == ("mixed_dim", "full", "x100")

@@ -87,3 +87,34 @@ def test_members_that_differ_in_a_shape_field_are_refused(tmp_path):
     configs = [small_config("teacher"), small_config("teacher", model__hidden_dim=64)]
     with pytest.raises(defaults.ConfigError, match=r"may differ only in .* these differ: \['model.hidden_dim'\]"):
         train.train_members(configs, [str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_vmapped_mixed_dim_students_train_checkpoint_and_export(teacher_members, tmp_path):
+    """A compressor that needs the data (hot rows) through the whole path: members, results, restore, export."""
+    from rec_kd import data as data_lib
+    from rec_kd import export, runs, serving
+    from rec_kd.compress import mixed_dim
+    from rec_kd.models import build_model, sasrec
+
+    _, member_dirs, _ = teacher_members
+    configs = [small_config("student,mixed_dim", teacher_workdir=str(member_dirs[0]), seed=seed) for seed in (0, 1)]
+    for config in configs:
+        config.train.num_epochs = 1
+    workdirs = [tmp_path / "member_0", tmp_path / "member_1"]
+    results = train.train_members(configs, [str(d) for d in workdirs])
+    config = runs.read_run_config(str(workdirs[0]))
+    data = data_lib.load_configured(config)
+    spec = build_model(config, data.num_items).spec
+    assert np.array_equal(mixed_dim.decode_rows(config.table.mixed_dim.hot_rows, data.num_items + 1), data.hot_mask)
+    for result in results:
+        assert result["table_kind"] == "mixed_dim" and result["variant"] == "mixed_dim"
+        assert result["params"]["item_table"] == spec.num_params()
+    # Budget 0: at most the size of this catalogue's main STTD table (suggested factors, rank 16).
+    assert spec.num_params() <= sasrec.main_sttd_budget(config, data.num_items)
+    assert results[0]["test"] != results[1]["test"]  # the seeds differ
+    trained = runs.load_trained(str(workdirs[1]), data.num_items)
+    path = export.export_workdir(str(workdirs[1]), str(tmp_path / "student.onnx"))
+    items, lengths = data.test.items[:16], data.test.lengths[:16]
+    ids, scores = serving.Recommender.load(path).run(items, lengths)
+    ref_ids, ref_scores = export.jax_top_k(trained.model, trained.params, items, lengths, 20)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)

@@ -125,7 +125,7 @@ def test_padding_content_and_future_items_do_not_leak(readout):
 
 def test_student_uses_the_materialised_sttd_table_for_lookup_and_scores():
     spec = sttd.STTDSpec(item_factors=(3, 3), dim_factors=(2, 2), ranks=(4,), t=2)
-    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN, sttd_spec=spec)
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN, table_spec=spec)
     params = model.init(jax.random.key(2), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["params"]
     assert "item_embedding" not in params
     table = sttd.materialize(params["sttd_cores"], spec)[: NUM_ITEMS + 1]
@@ -137,7 +137,7 @@ def test_student_uses_the_materialised_sttd_table_for_lookup_and_scores():
 
 def test_sttd_spec_too_small_for_catalogue_is_an_error():
     spec = sttd.STTDSpec(item_factors=(2, 2), dim_factors=(2, 2), ranks=(2,), t=2)
-    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, max_len=MAX_LEN, sttd_spec=spec)
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, max_len=MAX_LEN, table_spec=spec)
     with pytest.raises(ValueError, match="need >= 8 rows"):
         model.init(jax.random.key(0), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rec_kd import defaults, step
-from rec_kd.models import DistillHeads, build_model, init_model_params
+from rec_kd.models import DistillHeads, build_model, init_model_params, resolve_table_config
 
 NUM_ITEMS = 11
 
@@ -29,8 +29,8 @@ BATCH = {
 HOT_MASK = jnp.asarray([i in (1, 2, 3) for i in range(NUM_ITEMS + 1)])  # items 1-3 hot
 
 
-def student_gradients(variant: str = ""):
-    config, teacher_config = tiny_config("student", variant), tiny_config("teacher")
+def student_gradients(variant: str = "", config=None):
+    config, teacher_config = config or tiny_config("student", variant), tiny_config("teacher")
     student, teacher = build_model(config, NUM_ITEMS), build_model(teacher_config, NUM_ITEMS)
     heads = DistillHeads()
     params = step.init_params(config, student, heads, jax.random.key(0))
@@ -72,3 +72,35 @@ def test_table_ablations_build_the_named_table(variant, kind):
         assert params["item_embedding"].shape == (NUM_ITEMS + 1, 8)
     else:  # t = 1: core 2 is (R_1, I_2, J_2) = (4, 4, 2)
         assert [core.shape for core in params["sttd_cores"]] == [(3, 4, 4), (4, 4, 2)]
+
+
+@pytest.mark.parametrize(
+    "kind, sizes, shapes",
+    [
+        # Hand-sized at 12 rows, d = 8, a budget of 64 parameters:
+        ("lowrank", {"rank": 3}, {"items": (12, 3), "basis": (3, 8)}),  # 64 // (12 + 8)
+        ("hash", {"buckets": 5}, {"buckets": (5, 8), "weights": (12, 2)}),  # (64 - 24) // 8
+        ("qr", {"modulus": 2}, {"quotient": (6, 8), "remainder": (2, 8)}),  # (6 + 2) x 8 = 64
+        # hot items 1-3: 3 h + 8 h + 9 c + 8 c <= 64 -> h = 4, c = round(1.0) = 1 (61); h = 5 needs 72.
+        ("mixed_dim", {"hot_dim": 4, "cold_dim": 1}, {"hot": (3, 4), "hot_projection": (4, 8), "cold": (9, 1), "cold_projection": (1, 8)}),
+    ],
+)
+def test_every_kind_is_sized_to_the_budget_and_trained_through_the_full_objective(kind, sizes, shapes):
+    config = tiny_config("student", kind)
+    config.table.budget = 64
+    resolve_table_config(config, NUM_ITEMS, np.asarray(HOT_MASK))
+    assert {name: config.table[kind][name] for name in sizes} == sizes
+    params, (student_grads, teacher_grads) = student_gradients(config=config)
+    table = params["model"][build_model(config, NUM_ITEMS).spec.param_name]
+    assert {name: leaf.shape for name, leaf in table.items()} == shapes
+    missing = [path for path, nonzero in nonzero_by_path(student_grads).items() if not nonzero]
+    assert not missing, f"no gradient reaches {missing}"
+    assert not any(nonzero_by_path(teacher_grads).values())
+
+
+def test_a_budget_of_zero_means_the_main_sttd_tables_size():
+    config = tiny_config("student", "qr")
+    resolve_table_config(config, NUM_ITEMS)
+    # The main STTD table here: cores (I_1, J_1, R_1) = (3, 4, 4) and (R_1/t, I_2, J_2/t) = (2, 4, 1),
+    # 48 + 8 = 56 parameters. QR m = 2 needs (6 + 2) x 8 = 64 > 56; m = 3 needs (4 + 3) x 8 = 56.
+    assert config.table.qr.modulus == 3

@@ -19,9 +19,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+
+# The model parameter that holds the table.
+PARAM_NAME = "sttd_cores"
 
 
 def _spec_error(problem: str) -> ValueError:
@@ -56,6 +60,9 @@ class STTDSpec:
     dim_factors: tuple[int, ...]
     ranks: tuple[int, ...]
     t: int
+
+    # The model parameter holding the cores (a list of K arrays).
+    param_name: ClassVar[str] = PARAM_NAME
 
     def __post_init__(self):
         item_factors = _as_positive_ints("item_factors", self.item_factors)
@@ -104,6 +111,55 @@ class STTDSpec:
                 )
             )
         return shapes
+
+    # The table-spec interface (rec_kd/compress/__init__.py), over the functions below.
+    def num_params(self) -> int:
+        return num_params(self)
+
+    def param_shapes(self) -> list[jax.ShapeDtypeStruct]:
+        return [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in self.core_shapes()]
+
+    def init(self, key: jax.Array, target_std: float) -> list[jax.Array]:
+        return init_cores(key, self, target_std=target_std)
+
+    def materialize(self, params) -> jax.Array:
+        return materialize(core_list(params), self)
+
+    def rows(self, params, ids: jax.Array) -> jax.Array:
+        return materialize_rows(core_list(params), self, ids)
+
+    def onnx_table(self, g, params) -> str:
+        """The (P, d) table built from the cores inside an ONNX graph, as `materialize`.
+
+        Every input is a constant, so ONNX Runtime folds it once when the session is created.
+        """
+        return onnx_materialized_table(g, onnx_core_names(g, core_list(params)), self)
+
+
+def core_list(cores) -> list:
+    """The cores in order, whether kept as a list or (restored from a checkpoint) a {'0': ...} dict."""
+    if isinstance(cores, dict):
+        return [cores[key] for key in sorted(cores, key=int)]
+    return list(cores)
+
+
+def onnx_core_names(g, cores: Sequence) -> list[str]:
+    """The cores as weights of an ONNX graph builder (rec_kd.export.GraphBuilder)."""
+    return [g.weight(f"sttd_core_{k}", core) for k, core in enumerate(cores)]
+
+
+def onnx_materialized_table(g, cores: list[str], spec: STTDSpec) -> str:
+    """(P, d) table from the cores' graph names, the same einsums as `materialize`."""
+    ranks = _boundary_ranks(spec)
+    t = spec.t
+    state = cores[0]  # (I_1, J_1, R_1)
+    rows, width = spec.item_factors[0], spec.dim_factors[0]
+    for k in range(1, spec.num_cores):
+        chunks = g.reshape(state, [rows, width, ranks[k] // t, t])  # (n, W, R_{k-1}/t, t)
+        grown = g.op("Einsum", chunks, cores[k], equation="nwav,ayc->nywcv")  # (n, I_k, W, J_k R_k/t, t)
+        rows, width = rows * spec.item_factors[k], width * spec.dim_factors[k]
+        state = g.reshape(grown, [rows, width, ranks[k + 1]])
+    return g.reshape(state, [spec.num_rows, spec.dim])  # (P, d)
 
 
 def _boundary_ranks(spec: STTDSpec) -> tuple[int, ...]:
@@ -337,3 +393,39 @@ def suggest_spec_at_compression(num_rows: int, dim: int, target_compression: flo
             break
         best = spec
     return best
+
+
+# ----------------------------------------------------------------------------------------------
+# Config options (rec_kd/compress/__init__.py): the STTD/TT fields are config.table's own.
+# ----------------------------------------------------------------------------------------------
+
+
+def budget_options(num_rows: int, dim: int, budget: int, options: dict) -> dict:
+    """The largest equal rank (a multiple of t) whose cores fit the budget, on the given or suggested factors."""
+    t = int(options["t"])
+    if options.get("item_factors"):
+        base = spec_from_options(num_rows, dim, {**options, "ranks": (t,) * (len(options["item_factors"]) - 1)})
+    else:
+        base = suggest_spec(num_rows, dim, t, t, int(options.get("num_cores", 2)))
+    best = None
+    for rank in range(t, base.item_factors[0] * base.dim_factors[0] + 1, t):
+        spec = dataclasses.replace(base, ranks=(rank,) * (base.num_cores - 1))
+        if num_params(spec) > budget:
+            break
+        best = spec
+    if best is None:
+        raise _spec_error(
+            f"a budget of {budget} parameters is below the smallest table on factors {base.item_factors} ({num_params(base)})"
+        )
+    return {**options, "item_factors": best.item_factors, "dim_factors": best.dim_factors, "ranks": best.ranks}
+
+
+def spec_from_options(num_rows: int, dim: int, options: dict) -> STTDSpec:
+    """The spec of config.table's fields (num_rows and dim are checked by the model, not here)."""
+    del num_rows, dim
+    return STTDSpec(
+        item_factors=tuple(options["item_factors"]),
+        dim_factors=tuple(options["dim_factors"]),
+        ranks=tuple(options["ranks"]),
+        t=int(options["t"]),
+    )

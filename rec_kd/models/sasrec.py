@@ -1,15 +1,17 @@
-"""The teacher (SASRec with a soft-attention readout) and the student (the same network, STTD table).
+"""The teacher (SASRec with a soft-attention readout) and the student (the same network, compressed table).
 
-One module serves both: the only difference is where the item table comes from. A dense table is
-a parameter; an STTD table is materialised from its cores once per call and used for both the
-input lookup and the full-catalogue scores, so the cores get gradients through both paths.
+One module serves both: the only difference is where the item table comes from, a table spec
+(rec_kd/compress: dense, STTD, TT, low-rank, hashed, quotient-remainder, mixed-dimension). The
+table is materialised from the spec's parameters once per call and used for both the input lookup
+and the full-catalogue scores, so the compressed parameters get gradients through both paths.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rec_kd.compress import sttd
+from rec_kd import compress
+from rec_kd.compress import common, dense, sttd
 from rec_kd.defaults import ConfigError
 from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initializers
 
@@ -41,8 +43,9 @@ class SeqRecModel(nn.Module):
 
     Attributes:
       num_items: largest item id; the table has num_items + 1 rows (row 0 = padding).
-      sttd_spec: None for a dense table (the teacher, or the dense ablation), else the STTD spec of
-        the student's table (spec.num_rows >= num_items + 1; rows past num_items are never used).
+      table_spec: None for a dense table (the teacher, or the dense ablation), else the spec of the
+        student's compressed table (rec_kd/compress; spec.num_rows >= num_items + 1, and rows past
+        num_items are never used).
     """
 
     num_items: int
@@ -54,32 +57,29 @@ class SeqRecModel(nn.Module):
     max_len: int = 50
     init_scheme: str = "standard"
     readout: str = "mean"
-    sttd_spec: sttd.STTDSpec | None = None
+    table_spec: object | None = None
+
+    @property
+    def spec(self):
+        """The table spec; a dense (num_items + 1, hidden_dim) table when table_spec is None."""
+        return self.table_spec or dense.DenseSpec(self.num_items + 1, self.hidden_dim)
 
     def setup(self):
         kernel_init, embedding_init, ln_init = initializers(self.init_scheme)
         # N(0, 1/d) entries make initial logits s.E ~ N(0, 1) for a LayerNorm'd session vector.
-        embedding_init = embedding_init or nn.initializers.normal(stddev=self.hidden_dim**-0.5)
-        if self.sttd_spec is None:
-            self.item_embedding = self.param("item_embedding", embedding_init, (self.num_items + 1, self.hidden_dim))
+        target_std = self.hidden_dim**-0.5
+        embedding_init = embedding_init or nn.initializers.normal(stddev=target_std)
+        spec = self.spec
+        if spec.dim != self.hidden_dim or spec.num_rows < self.num_items + 1:
+            raise ValueError(
+                f"{type(spec).__name__} gives a {spec.num_rows} x {spec.dim} table; "
+                f"need >= {self.num_items + 1} rows and width {self.hidden_dim}"
+            )
+        if self.init_scheme == "authors":
+            init_fn = lambda key: common.init_from_shapes(embedding_init, spec.param_shapes(), key)  # noqa: E731
         else:
-            spec = self.sttd_spec
-            if spec.dim != self.hidden_dim or spec.num_rows < self.num_items + 1:
-                raise ValueError(
-                    f"STTD spec {spec} gives a {spec.num_rows} x {spec.dim} table; need >= {self.num_items + 1} rows"
-                    f" and width {self.hidden_dim}"
-                )
-            if self.init_scheme == "authors":
-
-                def init_fn(key):
-                    shapes = spec.core_shapes()
-                    return [embedding_init(k, shape) for k, shape in zip(jax.random.split(key, len(shapes)), shapes, strict=True)]
-            else:
-
-                def init_fn(key):
-                    return sttd.init_cores(key, spec, target_std=self.hidden_dim**-0.5)
-
-            self.sttd_cores = self.param("sttd_cores", init_fn)
+            init_fn = lambda key: spec.init(key, target_std)  # noqa: E731
+        self.table_params = self.param(spec.param_name, init_fn)
         if self.readout not in READOUTS:
             raise ValueError(f"unknown readout {self.readout!r}; expected one of {READOUTS}")
         summary = self.readout == "mean+summary"
@@ -96,10 +96,8 @@ class SeqRecModel(nn.Module):
         self.readout_head = SoftAttentionReadout(self.init_scheme, name="readout")
 
     def item_table(self) -> jax.Array:
-        """(num_items + 1, D) item embeddings; materialised from the cores for an STTD table."""
-        if self.sttd_spec is None:
-            return self.item_embedding
-        return sttd.materialize(self.sttd_cores, self.sttd_spec)[: self.num_items + 1]
+        """(num_items + 1, D) item embeddings, materialised from the table's parameters."""
+        return self.spec.materialize(self.table_params)[: self.num_items + 1]
 
     def encode(self, table: jax.Array, items: jax.Array, lengths: jax.Array, train: bool) -> jax.Array:
         """Session vectors (B, D) for right-padded item ids (B, L) with `lengths` (B,) real items."""
@@ -131,11 +129,8 @@ class SeqRecModel(nn.Module):
 
 
 def build_model(config, num_items: int) -> SeqRecModel:
-    """The teacher (config.table.kind == 'dense') or student model named by a run config."""
+    """The teacher (dense table) or student model named by a run config (its table resolved)."""
     model_config = config.model
-    spec = None
-    if config.stage == "student" and config.table.kind != "dense":
-        spec = sttd_spec_from_config(config.table)
     return SeqRecModel(
         num_items=num_items,
         hidden_dim=model_config.hidden_dim,
@@ -146,7 +141,7 @@ def build_model(config, num_items: int) -> SeqRecModel:
         max_len=config.data.max_len,
         init_scheme=model_config.init_scheme,
         readout=model_config.get("readout", "mean"),  # runs from before this field: 'mean'
-        sttd_spec=spec,
+        table_spec=table_spec_from_config(config, num_items),
     )
 
 
@@ -156,26 +151,80 @@ def init_model_params(model: SeqRecModel, max_len: int, key) -> dict:
     return model.init(key, items, jnp.ones((1,), jnp.int32), train=False)["params"]
 
 
-def sttd_spec_from_config(table_config) -> sttd.STTDSpec:
-    """STTDSpec from the config's table fields; kind 'tt' forces t = 1 (the plain TT-matrix)."""
-    t = 1 if table_config.kind == "tt" else table_config.t
-    return sttd.STTDSpec(
-        item_factors=tuple(table_config.item_factors),
-        dim_factors=tuple(table_config.dim_factors),
-        ranks=tuple(table_config.ranks),
-        t=t,
-    )
+def table_kind(config) -> str:
+    """The table a run trains: 'dense' for teachers, else config.table.kind."""
+    return config.table.kind if config.stage == "student" else "dense"
 
 
-def resolve_table_config(config, num_items: int) -> None:
-    """Fills a student's empty STTD factors with a suggested factorisation of this catalogue (in place).
+def table_options(table_config, kind: str) -> dict:
+    """The options of one kind: its sub-config, or for STTD / TT the table's own fields (TT: t = 1)."""
+    if kind in compress.OPTION_KINDS:
+        return table_config[kind].to_dict()
+    options = {name: table_config.get(name) for name in ("item_factors", "dim_factors", "ranks", "t", "num_cores")}
+    if kind == "tt":
+        options["t"] = 1
+    return options
 
-    With `table.target_compression` (the custom-data config has it), the rank is the largest that
-    compresses the table at least that much (sttd.suggest_spec_at_compression); without it, the
-    named datasets' fixed `table.ranks[0]`. Explicit item_factors are kept as they are.
+
+def table_spec_from_config(config, num_items: int):
+    """The student's table spec from its resolved config (None: a dense table)."""
+    kind = table_kind(config)
+    if kind == "dense":
+        return None
+    if kind not in compress.KINDS:
+        raise ConfigError(f"unknown table.kind {kind!r}; expected one of {tuple(compress.KINDS)}")
+    try:
+        return compress.KINDS[kind].spec_from_options(num_items + 1, config.model.hidden_dim, table_options(config.table, kind))
+    except ValueError as error:
+        raise ConfigError(f"table.kind={kind}: {error}") from None
+
+
+def resolve_table_config(config, num_items: int, hot_mask=None) -> None:
+    """Fills a student's unset table sizes for this catalogue (in place); teachers are left alone.
+
+    STTD / TT with empty item_factors: a suggested factorisation, at the largest rank compressing
+    at least `table.target_compression` (the custom-data config has it; sttd.suggest_spec_at_compression)
+    or else at the named datasets' fixed `table.ranks[0]`. Explicit item_factors are kept.
+    Other kinds: every size left at 0 is the largest within `table.budget` parameters, and a budget
+    of 0 means the size of this catalogue's main STTD table (the fair comparison: every compressor
+    at the STTD student's size). mixed_dim records `hot_mask` (SessionData.hot_mask) as its hot rows.
     """
+    kind = table_kind(config)
+    if kind == "dense":
+        return
+    if kind in ("sttd", "tt"):
+        resolve_sttd_fields(config, num_items)
+        return
+    if kind not in compress.OPTION_KINDS:
+        raise ConfigError(f"unknown table.kind {kind!r}; expected one of {tuple(compress.KINDS)}")
+    num_rows, dim = num_items + 1, config.model.hidden_dim
+    options = table_options(config.table, kind)
+    if kind == "mixed_dim" and not options["hot_rows"]:
+        if hot_mask is None:
+            raise ConfigError("table.kind=mixed_dim needs the data's hot items to split its rows (resolve it with the dataset's hot_mask)")
+        options["hot_rows"] = compress.mixed_dim.encode_rows(hot_mask)
+    budget = config.table.get("budget", 0) or main_sttd_budget(config, num_items)
+    try:
+        options = compress.KINDS[kind].budget_options(num_rows, dim, budget, options)
+    except ValueError as error:
+        raise ConfigError(f"table.kind={kind}: {error}") from None
+    with config.unlocked():
+        config.table[kind].update(options)
+
+
+def main_sttd_budget(config, num_items: int) -> int:
+    """Parameters of this dataset's main STTD table (the run's own STTD fields, resolved as for kind 'sttd')."""
+    sttd_config = config.copy_and_resolve_references()
+    with sttd_config.unlocked():
+        sttd_config.table.kind = "sttd"
+    resolve_sttd_fields(sttd_config, num_items)
+    return sttd.spec_from_options(0, 0, table_options(sttd_config.table, "sttd")).num_params()
+
+
+def resolve_sttd_fields(config, num_items: int) -> None:
+    """resolve_table_config for kinds 'sttd' and 'tt' (see there)."""
     table = config.table
-    if config.stage != "student" or table.kind == "dense" or table.item_factors:
+    if table.item_factors:
         return
     t = 1 if table.kind == "tt" else table.t
     target = table.get("target_compression", 0)
