@@ -28,8 +28,17 @@ import time
 
 import numpy as np
 
-STUDENT_VARIANTS = [("materialized", None), ("materialized", "int8"), ("factored", None), ("factored", "int8")]
 TEACHER_VARIANTS = [("materialized", None), ("materialized", "int8")]  # mode is moot for a dense table
+# The factored mode exists for STTD tables only (rec_kd/export.py).
+STTD_STUDENT_VARIANTS = [*TEACHER_VARIANTS, ("factored", None), ("factored", "int8")]
+
+
+def student_variants(config_dir: str) -> list[tuple[str, str | None]]:
+    """The (mode, quantize) pairs a student of this run's table kind exports to."""
+    from rec_kd import runs
+
+    kind = runs.read_run_config(config_dir).table.kind
+    return STTD_STUDENT_VARIANTS if kind in ("sttd", "tt") else TEACHER_VARIANTS
 
 
 def variant_name(stage: str, mode: str, quantize: str | None) -> str:
@@ -40,10 +49,10 @@ def variant_name(stage: str, mode: str, quantize: str | None) -> str:
 def export_all(teacher_workdir: str | None, student_workdir: str | None, out_dir: str, k: int) -> dict[str, str]:
     """{variant name: .onnx path}, exporting only the files that do not exist yet."""
     paths = {}
-    for stage, workdir, variants in (("teacher", teacher_workdir, TEACHER_VARIANTS), ("student", student_workdir, STUDENT_VARIANTS)):
+    for stage, workdir in (("teacher", teacher_workdir), ("student", student_workdir)):
         if not workdir:
             continue
-        for mode, quantize in variants:
+        for mode, quantize in TEACHER_VARIANTS if stage == "teacher" else student_variants(workdir):
             name = variant_name(stage, mode, quantize)
             path = os.path.join(out_dir, name + ".onnx")
             if not os.path.exists(path):
@@ -57,9 +66,9 @@ def export_all(teacher_workdir: str | None, student_workdir: str | None, out_dir
 def export_standin_student(teacher_workdir: str, student_config_dir: str, out_dir: str, k: int) -> dict[str, str]:
     """Student-shaped files for size and latency only, while no trained student exists yet.
 
-    The architecture and STTD spec come from a student run's config.json (e.g. one still
-    training); the dense layers are the teacher's and the cores are freshly initialised
-    (its spec's init), so the figures of size, RAM and latency are the student's, its scores are not.
+    The architecture and table spec come from a student run's config.json (e.g. one still
+    training); the dense layers are the teacher's and the table's parameters are freshly
+    initialised (its spec's init), so the figures of size, RAM and latency are the student's, its scores are not.
     """
     import jax
 
@@ -71,7 +80,7 @@ def export_standin_student(teacher_workdir: str, student_config_dir: str, out_di
     params = {key: value for key, value in teacher.params.items() if key != "item_embedding"}
     params[model.spec.param_name] = model.spec.init(jax.random.key(0), model.hidden_dim**-0.5)
     paths = {}
-    for mode, quantize in STUDENT_VARIANTS:
+    for mode, quantize in student_variants(student_config_dir):
         path = os.path.join(out_dir, variant_name("student", mode, quantize) + ".onnx")
         if not os.path.exists(path):
             metadata = {"stage": "student (stand-in: untrained cores, teacher's dense layers)"}

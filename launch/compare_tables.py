@@ -22,6 +22,7 @@ writes OUT/compression.md (after `--report_preamble`), OUT/img/compression_DATAS
 item-table parameters, one line per kind) and copies of the results in OUT/results/compression/.
 """
 
+import ast
 import dataclasses
 import json
 import os
@@ -33,9 +34,10 @@ import types
 from absl import app, flags, logging
 
 from launch import reproduce
-from rec_kd import compress, sweeps
+from rec_kd import compress, defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
+from rec_kd.models import resolve_table_config
 
 KINDS = ("sttd", "tt", "lowrank", "hash", "qr", "mixed_dim", "dense")
 OBJECTIVES = ("full", "ce")
@@ -72,35 +74,44 @@ def table_overrides(kind: str, spec: sttd.STTDSpec) -> tuple[str, ...]:
     return reproduce.table_overrides(spec) + (f"--config.table.kind={kind}", f"--config.table.budget={spec.num_params()}")
 
 
-def too_small(kind: str, budget: str, num_rows: int, params: int) -> str:
-    """Why `kind` cannot be sized to `params` parameters ('' when it can); mixed_dim is checked when it runs."""
-    if kind == "dense":
-        return "" if budget == "main" else "a dense table has no budget"
-    if kind not in ("lowrank", "hash", "qr"):
-        return ""
-    unset = {"lowrank": {"rank": 0}, "hash": {"buckets": 0}, "qr": {"modulus": 0}}[kind]
+def unresolvable(dataset: str, data, overrides: tuple[str, ...]) -> str:
+    """Why the student these `--config.*` overrides describe cannot size its table ('' when it can).
+
+    The table is resolved as the run would resolve it (rec_kd/models/sasrec.py resolve_table_config),
+    so a kind that cannot be made that small is skipped instead of failing inside the grid.
+    """
+    config = defaults.get_config(dataset, "student")
+    prefix = "--config."
+    values = {}
+    for override in overrides:
+        if override.startswith(prefix) and "=" in override:
+            key, text = override[len(prefix) :].split("=", 1)
+            try:
+                values[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                values[key] = text  # a bare string, as the flag parser reads it
+    config.update_from_flattened_dict(values)
     try:
-        compress.KINDS[kind].budget_options(num_rows, 128, params, unset)
-    except ValueError as error:
+        resolve_table_config(config, data.num_items, data.hot_mask)
+    except defaults.ConfigError as error:
         return str(error)
     return ""
 
 
-def grid(
-    dataset: str, num_items: int, kinds, objectives, budgets, common: tuple[str, ...], smoke: bool, root: str
-) -> list[reproduce.RunSpec]:
-    specs = budget_specs(dataset, num_items)
+def grid(dataset: str, data, kinds, objectives, budgets, common: tuple[str, ...], smoke: bool, root: str) -> list[reproduce.RunSpec]:
+    specs = budget_specs(dataset, data.num_items)
     teacher = f"--config.teacher_workdir={os.path.join(root, dataset, 'teacher_s0')}"
     runs = []
     for budget in budgets:
         for kind in kinds:
-            reason = too_small(kind, budget, num_items + 1, specs[budget].num_params())
+            tables = table_overrides(kind, specs[budget])
+            reason = "a dense table has no budget" if kind == "dense" and budget != "main" else unresolvable(dataset, data, common + tables)
             if reason:
                 logging.warning("%s: skipping %s at budget %s: %s", dataset, kind, budget, reason)
                 continue
             for objective in objectives:
                 words = ["student", objective] + (["smoke"] if smoke else [])
-                overrides = (*common, "--config.seed=0", teacher, *table_overrides(kind, specs[budget]))
+                overrides = (*common, "--config.seed=0", teacher, *tables)
                 runs.append(reproduce.RunSpec(dataset, f"tables/{kind}_{objective}_{budget}", 0, ",".join(words), overrides))
     return runs
 
@@ -111,8 +122,8 @@ def run_grid(root: str) -> None:
     common += tuple(_OVERRIDES.value)
     jobs = []
     for dataset in FLAGS.datasets:
-        num_items = load_dataset(dataset, FLAGS.data_dir).num_items
-        for run in grid(dataset, num_items, _KINDS.value, _OBJECTIVES.value, _BUDGETS.value, common, FLAGS.smoke, root):
+        data = load_dataset(dataset, FLAGS.data_dir)
+        for run in grid(dataset, data, _KINDS.value, _OBJECTIVES.value, _BUDGETS.value, common, FLAGS.smoke, root):
             cmd, workdir = reproduce.command(run, root), os.path.join(root, run.dataset, run.name)
             if FLAGS.dry_run:
                 print(" ".join(cmd))

@@ -43,8 +43,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rec_kd.compress import sttd
-
 OPSET = 17
 INPUT_ITEMS = "session_items"
 INPUT_LENGTHS = "session_length"
@@ -129,10 +127,26 @@ class GraphBuilder:
         return self.op("LayerNormalization", x, scale, bias, axis=-1, epsilon=LAYER_NORM_EPSILON)
 
 
+# Slices smaller than this would spend too much of the file on their fp32 scales (4 bytes each).
+MIN_QUANTIZED_SLICE = 16
+
+
 def quantization_axis(shape) -> int:
-    """The axis that gets one scale per slice: the longest (ties: the last, output channels)."""
-    longest = max(shape)
-    return max(axis for axis, size in enumerate(shape) if size == longest)
+    """The axis that gets one scale per slice: the longest (ties: the last, output channels).
+
+    Unless its slices would be tiny: a tall, thin matrix ((P, 4) low-rank factors, (P, 2) hash
+    weights) would pay a 4-byte scale per row of 4 or 2 int8 values, so it gets one scale per
+    column (the longest of the other axes) instead.
+    """
+
+    def longest(axes):
+        size = max(shape[axis] for axis in axes)
+        return max(axis for axis in axes if shape[axis] == size)
+
+    axis = longest(range(len(shape)))
+    if math.prod(shape) // shape[axis] < MIN_QUANTIZED_SLICE:
+        axis = longest([other for other in range(len(shape)) if other != axis])
+    return axis
 
 
 def quantize_symmetric(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +259,8 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         raise ExportError(f"unknown table mode {mode!r}; expected one of {MODES}")
     if not 1 <= k <= num_items:
         raise ExportError(f"k = {k} must lie in [1, num_items = {num_items}]")
+    from rec_kd.compress import sttd  # JAX; imported here so reading a run's JSON does not need it
+
     params = as_numpy_tree(params)
     g = GraphBuilder(quantize)
     length, dim, spec = model.max_len, model.hidden_dim, model.spec

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from rec_kd.compress import TABLE_PARAM_NAMES
+from rec_kd.models import table_kind
 
 
 def count_params(tree) -> int:
@@ -38,7 +39,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
     results = {
         "stage": config.stage,
         "variant": config.variant,
-        "table_kind": config.table.kind if config.stage == "student" else "dense",
+        "table_kind": table_kind(config),
         "dataset": config.dataset,
         "num_items": data.num_items,
         "seed": config.seed,

@@ -56,9 +56,10 @@ def reference_row(spec, params, i: int) -> np.ndarray:
         q, r = p["quotient"][i // spec.modulus], p["remainder"][i % spec.modulus]
         return {"mult": q * r, "add": q + r, "concat": np.concatenate([q, r])}[spec.combine]
     if isinstance(spec, mixed_dim.MixedDimSpec):
-        hot = [row for row in range(spec.num_rows) if HOT[row]]
-        cold = [row for row in range(spec.num_rows) if not HOT[row]]
-        if HOT[i]:
+        is_hot = spec.hot_mask()
+        hot = [row for row in range(spec.num_rows) if is_hot[row]]
+        cold = [row for row in range(spec.num_rows) if not is_hot[row]]
+        if is_hot[i]:
             return p["hot"][hot.index(i)] @ p["hot_projection"]
         return p["cold"][cold.index(i)] @ p["cold_projection"]
     raise AssertionError(spec)
@@ -130,10 +131,16 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("combine", qr.COMBINES)
 def test_qr_rows_are_all_distinct(combine):
     spec = qr.QRSpec(1000, 8, modulus=31, combine=combine)
-    table = np.asarray(spec.materialize(spec.init(jax.random.key(0), 0.1)))
+    params = spec.init(jax.random.key(0), 0.1)
+    table = np.asarray(spec.materialize(params))
     assert len(np.unique(table.round(7), axis=0)) == 1000
-    pairs = {(i // 31, i % 31) for i in range(1000)}
-    assert len(pairs) == 1000  # the index pairs themselves are unique, so this holds for any parameters
+    # Structurally: changing quotient row q changes exactly the rows i // 31 == q, and remainder
+    # row r exactly the rows i % 31 == r; so each row is the only one with its (q, r) pair.
+    rows = np.arange(1000)
+    for part, index, expected in (("quotient", 7, rows // 31 == 7), ("remainder", 30, rows % 31 == 30)):
+        moved = {**params, part: params[part].at[index].add(1.0)}
+        changed = np.any(np.asarray(spec.materialize(moved)) != table, axis=1)
+        np.testing.assert_array_equal(changed, expected)
 
 
 def test_plain_hashing_trick_shares_rows_exactly_where_hashes_collide():
@@ -203,3 +210,26 @@ def test_hot_rows_round_trip():
     positions = spec.block_positions()
     assert sorted(positions.tolist()) == list(range(1001))  # a permutation
     assert np.all(positions[mask] < mask.sum()) and np.all(positions[~mask] >= mask.sum())
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_the_onnx_table_is_the_jax_table(name):
+    """Each spec's onnx_table, alone in a graph, run by ONNX Runtime: every variant, no training."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from rec_kd import export
+
+    spec = SPECS[name]
+    params = jax.tree.map(np.asarray, random_params(spec, seed=4))
+    g = export.GraphBuilder(quantize=None)
+    table = g.op("Identity", spec.onnx_table(g, params), out="table")
+    output = helper.make_tensor_value_info(table, TensorProto.FLOAT, [ROWS, DIM])
+    model = helper.make_model(
+        helper.make_graph(g.nodes, "table", [], [output], g.initializers), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    np.testing.assert_allclose(got, np.asarray(spec.materialize(params)), rtol=1e-6, atol=1e-6)

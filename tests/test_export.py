@@ -160,6 +160,9 @@ def test_quantize_symmetric_per_channel():
     # 0.5 / (2/127) = 31.75 -> 32; 0.1 / (0.5/127) = 25.4 -> 25; an all-zero row keeps scale 1.
     np.testing.assert_array_equal(quantized, [[32, -127], [127, 25], [0, 0]])
     assert export.quantization_axis((420, 16)) == 0 and export.quantization_axis((16, 16)) == 1
+    # Tall and thin: a scale per row would outweigh the row's 4 (or 2) int8 values, so per column.
+    assert export.quantization_axis((40728, 4)) == 1 and export.quantization_axis((40728, 2)) == 1
+    assert export.quantization_axis((169, 16, 60)) == 0  # an STTD core: slices of 960
 
 
 def test_the_file_keeps_the_table_compressed(student, teacher, tmp_path):

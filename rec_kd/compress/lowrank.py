@@ -61,10 +61,13 @@ class LowRankSpec:
 
 
 def budget_options(num_rows: int, dim: int, budget: int, options: dict) -> dict:
-    """The largest rank whose P r + r d fits the budget (options['rank'] = 0 asks for it)."""
+    """The largest rank whose P r + r d fits the budget (options['rank'] = 0 asks for it), at most d.
+
+    Past rank d the factorisation is no longer a compression: the dense table has P d parameters.
+    """
     if options.get("rank"):
         return dict(options)
-    rank = budget // (num_rows + dim)
+    rank = min(budget // (num_rows + dim), dim)
     if rank < 1:
         raise spec_error(KIND, f"a budget of {budget} parameters cannot hold even rank 1 for {num_rows} rows (needs {num_rows + dim})")
     return {**options, "rank": int(rank)}

@@ -107,7 +107,13 @@ class MixedDimSpec:
         return self._stacked(params)[jnp.asarray(self.block_positions())]
 
     def rows(self, params: dict, ids: jax.Array) -> jax.Array:
-        return self._stacked(params)[jnp.asarray(self.block_positions())[ids]]
+        """Each id's block row, projected: both blocks' rows are gathered, then one is kept."""
+        positions = jnp.asarray(self.block_positions())[ids]
+        num_hot = params["hot"].shape[0]
+        is_hot = (positions < num_hot)[..., None]
+        hot = params["hot"][jnp.minimum(positions, num_hot - 1)] @ params["hot_projection"]
+        cold = params["cold"][jnp.maximum(positions - num_hot, 0)] @ params["cold_projection"]
+        return jnp.where(is_hot, hot, cold)
 
     def onnx_table(self, g, params: dict) -> str:
         """The table from the P / 8 mask bytes: unpack the bits, rank them, gather the stacked blocks."""
@@ -144,15 +150,13 @@ def budget_options(num_rows: int, dim: int, budget: int, options: dict) -> dict:
     options['hot_dim'] = 0 asks for the search; options['cold_dim'] = 0 derives the cold width
     from the hot one. options['hot_rows'] must already hold the hot mask.
     """
-    num_hot = int(decode_rows(options["hot_rows"], num_rows).sum())
     ratio = float(options.get("cold_ratio", 0.25))
 
     def cold_width(hot_dim: int) -> int:
         return int(options.get("cold_dim") or max(1, round(hot_dim * ratio)))
 
     def size(hot_dim: int) -> int:
-        cold_dim = cold_width(hot_dim)
-        return num_hot * hot_dim + hot_dim * dim + (num_rows - num_hot) * cold_dim + cold_dim * dim
+        return MixedDimSpec(num_rows, dim, hot_dim, cold_width(hot_dim), options["hot_rows"]).num_params()
 
     hot_dim = int(options.get("hot_dim") or 0)
     if not hot_dim:

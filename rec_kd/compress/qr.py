@@ -105,11 +105,11 @@ def budget_options(num_rows: int, dim: int, budget: int, options: dict) -> dict:
     if options.get("modulus"):
         return dict(options)
     combine = options.get("combine", "mult")
-    part_dim = dim // 2 if combine == "concat" else dim
-    for modulus in range(2, math.isqrt(num_rows) + 2):
-        if (math.ceil(num_rows / modulus) + modulus) * part_dim <= budget:
+    sizes = {m: QRSpec(num_rows, dim, m, combine).num_params() for m in range(2, min(math.isqrt(num_rows) + 2, num_rows))}
+    for modulus, size in sizes.items():
+        if size <= budget:
             return {**options, "modulus": modulus}
-    smallest = min((math.ceil(num_rows / m) + m) * part_dim for m in range(2, math.isqrt(num_rows) + 2))
+    smallest = min(sizes.values())
     raise spec_error(KIND, f"a budget of {budget} parameters is below the smallest QR table for {num_rows} rows ({smallest})")
 
 

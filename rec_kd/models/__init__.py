@@ -1,7 +1,15 @@
 """Flax models: the SASRec teacher, the STTD student (same module) and the distillation heads."""
 
 from rec_kd.models.distill_heads import DistillHeads
-from rec_kd.models.sasrec import PADDING_LOGIT, SeqRecModel, build_model, init_model_params, resolve_table_config, table_spec_from_config
+from rec_kd.models.sasrec import (
+    PADDING_LOGIT,
+    SeqRecModel,
+    build_model,
+    init_model_params,
+    resolve_table_config,
+    table_kind,
+    table_spec_from_config,
+)
 
 __all__ = [
     "DistillHeads",
@@ -10,5 +18,6 @@ __all__ = [
     "build_model",
     "init_model_params",
     "resolve_table_config",
+    "table_kind",
     "table_spec_from_config",
 ]

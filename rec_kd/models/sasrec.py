@@ -200,10 +200,19 @@ def resolve_table_config(config, num_items: int, hot_mask=None) -> None:
     num_rows, dim = num_items + 1, config.model.hidden_dim
     options = table_options(config.table, kind)
     if kind == "mixed_dim" and not options["hot_rows"]:
-        if hot_mask is None:
-            raise ConfigError("table.kind=mixed_dim needs the data's hot items to split its rows (resolve it with the dataset's hot_mask)")
+        if hot_mask is None or len(hot_mask) != num_rows:
+            raise ConfigError(
+                f"table.kind=mixed_dim needs the data's hot mask over its {num_rows} rows to split them (SessionData.hot_mask)"
+            )
         options["hot_rows"] = compress.mixed_dim.encode_rows(hot_mask)
-    budget = config.table.get("budget", 0) or main_sttd_budget(config, num_items)
+    budget = config.table.get("budget", 0)
+    if not budget:
+        try:
+            budget = main_sttd_budget(config, num_items)
+        except ConfigError as error:
+            raise ConfigError(
+                f"table.kind={kind}: table.budget=0 means the main STTD table's size, and here: {error}; set --config.table.budget"
+            ) from None
     try:
         options = compress.KINDS[kind].budget_options(num_rows, dim, budget, options)
     except ValueError as error:
