@@ -49,11 +49,18 @@ PROTOCOL_LABELS = {
 }
 
 
+def variant_label(result: dict) -> str:
+    """The variant, with the table kind where the variant does not name it ('ce (qr)')."""
+    variant = result["variant"]
+    kind = result.get("table_kind", variant if variant in ("tt", "dense") else "sttd")  # older results: no field
+    return variant if kind in ("sttd", variant) or variant == "teacher" else f"{variant} ({kind})"
+
+
 def row_key(result: dict) -> tuple[str, str, str]:
     """(variant, compression label, protocol): seeds of the same configuration share a row."""
     compression = result["embedding_compression"]
     protocol = PROTOCOL_LABELS.get(result.get("protocol", "selected on valid"), result.get("protocol"))
-    return result["variant"], "1x" if compression is None else f"{compression:.1f}x", protocol
+    return variant_label(result), "1x" if compression is None else f"{compression:.1f}x", protocol
 
 
 def mean_std(values: list[float]) -> str:

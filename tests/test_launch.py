@@ -105,3 +105,18 @@ def test_compressor_grid_runs_each_kind_at_the_budget_and_reports_it(smoke_grid,
     assert (out / "img" / "compression_tmall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "results" / "compression").iterdir()) == [f"tmall_{name}.json" for name in names]
     assert compare_tables.RUN_NAME.fullmatch("mixed_dim_full_x100_s0").groups() == ("mixed_dim", "full", "x100")
+
+
+def test_report_labels_name_the_table_where_the_variant_does_not():
+    labels = [
+        report.variant_label(result)
+        for result in (
+            {"variant": "full"},  # results from before table_kind: the variant decides
+            {"variant": "tt"},
+            {"variant": "full", "table_kind": "sttd"},
+            {"variant": "ce", "table_kind": "qr"},
+            {"variant": "qr", "table_kind": "qr"},
+            {"variant": "teacher", "table_kind": "dense"},
+        )
+    ]
+    assert labels == ["full", "tt", "full", "ce (qr)", "qr", "teacher"]
