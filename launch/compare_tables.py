@@ -205,6 +205,7 @@ def table_lines(rows: list[Row]) -> list[str]:
 
 def plot(rows: list[Row], dataset: str, path: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -218,6 +219,7 @@ def plot(rows: list[Row], dataset: str, path: str) -> None:
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=f"{kind} ({objective})")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the decades alone: no overlapping labels
     ax.set(xlabel="item-table parameters", ylabel="test HR@20", title=f"{dataset}: accuracy against table size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
