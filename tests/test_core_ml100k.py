@@ -20,6 +20,7 @@ import pytest
 from launch import demo, report
 from rec_kd.data import movielens_100k_path
 from tests.test_train import (
+    assert_refit_steps,
     main_env,
     results,
     resumed_step,
@@ -164,15 +165,7 @@ def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_selected_epochs(t
     workdir = tmp_path / "refit"
     overrides = [*ONE_BUCKET, "--config.data.max_train_examples=300", "--config.data.max_eval_examples=200"]
     run_ml100k("teacher,smoke", workdir, *overrides, "--config.model.hidden_dim=32", "--config.train.refit_on_valid=True", base=[])
-    result = results(workdir)
-    assert result["protocol"] == "refit on train+valid for the epochs selected on valid"
-    selected_epoch = result["selected_epoch"]
-    # Select phase: 2 epochs x 3 batches of 100; refit: selected_epoch x (300 + 200 examples) / 100.
-    assert result["select_phase"]["step"] == 3 * selected_epoch
-    assert result["selected_step"] == 6 + 5 * selected_epoch
-    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines if line["split"] == "valid"] == [3, 6]  # no valid in the refit
-    assert [line["step"] for line in lines if line["split"] == "test"] == [3, 6] + [6 + 5 * e for e in range(1, selected_epoch + 1)]
+    assert_refit_steps(workdir)
 
 
 def reproduce_command(root: Path, *flags: str) -> list[str]:

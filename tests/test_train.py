@@ -236,6 +236,11 @@ def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_selected_epochs(t
         "--config.data.max_eval_examples=200",
         "--config.train.refit_on_valid=True",
     )
+    assert_refit_steps(workdir)
+
+
+def assert_refit_steps(workdir: Path) -> None:
+    """A smoke refit run of 300 train / 200 valid examples (batch 100, 2 select epochs) logged the right steps."""
     result = results(workdir)
     assert result["protocol"] == "refit on train+valid for the epochs selected on valid"
     selected_epoch = result["selected_epoch"]
