@@ -5,10 +5,12 @@
   python -m launch.reproduce --root=... --datasets=tmall --seeds=0 --rows=teacher,main,ce
 
 Every run is an ordinary `python -m rec_kd.main` command in its own workdir, ROOT/DATASET/ROW_sSEED,
-run one at a time by the sweep runner (rec_kd.sweeps.run_jobs; output in WORKDIR/stdout.log); a
-finished run (results.json present) is skipped and an interrupted one resumes, so rerunning the
-same command continues the grid. Nothing is written into the repository. `launch/report.py` turns
-ROOT into tables and plots.
+run by the sweep runner (rec_kd.sweeps.run_jobs; output in WORKDIR/stdout.log), --parallel at a
+time: first every dataset's teacher, then the students in priority order (the main row's seed 0 of
+every dataset, then seeds 1, 2, ..., then x100, x300 and the ablations), so a grid cut short holds
+the headline rows. A finished run (results.json present) is skipped and an interrupted one resumes,
+so rerunning the same command continues the grid. Nothing is written into the repository.
+`launch/report.py` turns ROOT into tables and plots.
 
 Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
 train + valid and reports that model; students distil from the teacher's validation-selected model
@@ -47,6 +49,9 @@ _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {ROWS}.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Run the whole grid on small slices of the data (minutes on a CPU).")
 _PROTOCOL = flags.DEFINE_enum("protocol", "refit", ["refit", "select"], "Report the refit model (default) or the valid-selected one.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 1, "Runs at a time (more than 1 pays where one run leaves the device idle, e.g. one GPU at batch 100)."
+)
 flags.mark_flag_as_required("root")
 
 # Smoke runs: fewer examples than the trainer's own smoke slice, so the whole grid takes minutes.
@@ -154,37 +159,58 @@ def command(run: RunSpec, root: str) -> list[str]:
     return [sys.executable, "-m", "rec_kd.main", f"--config={config_file}:{run.config_arg}", f"--workdir={workdir}", *run.overrides]
 
 
-def main(argv):
-    del argv
-    unknown = set(_ROWS.value) - set(ROWS)
-    if unknown:
-        raise app.UsageError(f"unknown rows {sorted(unknown)}; expected some of {ROWS}")
-    rows = [row for row in ROWS if row in _ROWS.value]  # teachers first
-    root = os.path.abspath(_ROOT.value)
-    jobs, skipped = [], 0
-    for dataset in _DATASETS.value:
-        num_items = load_dataset(dataset, _DATA_DIR.value).num_items
-        seeds = [int(s) for s in _SEEDS.value]
-        for run in grid(dataset, num_items, rows, seeds, _SMOKE.value, _DATA_DIR.value, root, _PROTOCOL.value == "refit"):
-            cmd = command(run, root)
-            workdir = os.path.join(root, run.dataset, run.name)
-            if _DRY_RUN.value:
-                print(" ".join(cmd))
-            elif protocol_mismatch(workdir, _PROTOCOL.value == "refit"):
-                sys.exit(f"{workdir}/config.json: {protocol_mismatch(workdir, _PROTOCOL.value == 'refit')}; use another --root")
-            elif sweeps.run_is_finished(workdir):
-                skipped += 1
-            else:
-                jobs.append(sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log")))
-    if _DRY_RUN.value:
-        return
-    logging.info("%d runs finished (skipped); running %d in order, one at a time (logs: WORKDIR/stdout.log).", skipped, len(jobs))
-    codes = sweeps.run_jobs(jobs, parallel=1)  # in grid order: teachers before their students
+def priority(run: RunSpec, datasets: list[str]) -> tuple[int, int, int]:
+    """Students' order: row (as in ROWS), then seed, then dataset, so every dataset's headline comes first."""
+    return ROWS.index(run.row), run.seed, datasets.index(run.dataset)
+
+
+def run_stage(jobs: list[sweeps.Job], parallel: int) -> None:
+    """Runs `jobs` to the end; exits naming what failed, or what SIGTERM stopped."""
+    codes = sweeps.run_jobs(jobs, parallel=parallel)
     failed = {name: code for name, code in codes.items() if code > 0}
     if failed:
         sys.exit(f"failed: {failed}; see their stdout.log, then rerun to resume the grid")
     if any(not sweeps.run_is_finished(os.path.dirname(job.log_path)) for job in jobs):
         sys.exit("stopped (SIGTERM) before the grid finished; rerun the same command to continue")
+
+
+def main(argv):
+    del argv
+    unknown = set(_ROWS.value) - set(ROWS)
+    if unknown:
+        raise app.UsageError(f"unknown rows {sorted(unknown)}; expected some of {ROWS}")
+    rows = [row for row in ROWS if row in _ROWS.value]
+    root = os.path.abspath(_ROOT.value)
+    grid_runs = []
+    for dataset in _DATASETS.value:
+        num_items = load_dataset(dataset, _DATA_DIR.value).num_items
+        seeds = [int(s) for s in _SEEDS.value]
+        grid_runs += grid(dataset, num_items, rows, seeds, _SMOKE.value, _DATA_DIR.value, root, _PROTOCOL.value == "refit")
+    grid_runs.sort(key=lambda run: priority(run, _DATASETS.value))  # teachers first: ROWS starts with them
+    teachers, students, skipped = [], [], 0
+    for run in grid_runs:
+        cmd = command(run, root)
+        workdir = os.path.join(root, run.dataset, run.name)
+        if _DRY_RUN.value:
+            print(" ".join(cmd))
+        elif protocol_mismatch(workdir, _PROTOCOL.value == "refit"):
+            sys.exit(f"{workdir}/config.json: {protocol_mismatch(workdir, _PROTOCOL.value == 'refit')}; use another --root")
+        elif sweeps.run_is_finished(workdir):
+            skipped += 1
+        else:
+            job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
+            (teachers if run.row == "teacher" else students).append(job)
+    if _DRY_RUN.value:
+        return
+    logging.info(
+        "%d runs finished (skipped); running %d teachers, then %d students, %d at a time (logs: WORKDIR/stdout.log).",
+        skipped,
+        len(teachers),
+        len(students),
+        _PARALLEL.value,
+    )
+    run_stage(teachers, _PARALLEL.value)  # every student needs its dataset's finished teacher
+    run_stage(students, _PARALLEL.value)
 
 
 if __name__ == "__main__":

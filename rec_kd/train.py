@@ -65,7 +65,8 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True).stdout
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # A copy of the checkout without .git (e.g. on a lent GPU machine) is told its commit.
+        return os.environ.get("REC_KD_COMMIT", "unknown")
 
 
 @dataclasses.dataclass
@@ -283,10 +284,12 @@ def evaluate(training: Training, split: data_lib.Split) -> list[tuple[dict | Non
 def update_selection(record: dict, entry: dict, train_config, state, selected_checkpoints: list) -> bool:
     """Keeps the best-valid evaluation (its parameters in every manager given); True when patience runs out.
 
-    With an empty valid split (valid_fraction=0, the authors' setting) the newest evaluation wins.
+    An evaluation counts as better only when it beats the best by more than
+    `train_config.early_stop_min_delta`. With an empty valid split (valid_fraction=0, the authors'
+    setting) the newest evaluation wins.
     """
-    metric = train_config.selection_metric
-    if record["best"] is None or entry["valid"] is None or entry["valid"][metric] > record["best"]["valid"][metric]:
+    metric, min_delta = train_config.selection_metric, train_config.early_stop_min_delta
+    if record["best"] is None or entry["valid"] is None or entry["valid"][metric] > record["best"]["valid"][metric] + min_delta:
         record["best"], record["evals_since_best"] = entry, 0
         for checkpoints in selected_checkpoints:
             checkpointing.save(checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})

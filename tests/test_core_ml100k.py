@@ -179,7 +179,7 @@ def test_reproduce_grid_then_report_holds_the_runs_numbers(tmp_path):
     subprocess.run(command, cwd=REPO, env=main_env(1), check=True, capture_output=True, timeout=900)
     assert sorted(path.parent.name for path in root.glob("ml-100k/*/results.json")) == ["main_s0", "teacher_s0"]
     again = subprocess.run(command, cwd=REPO, env=main_env(1), check=True, capture_output=True, text=True, timeout=300)
-    assert "2 runs finished (skipped); running 0 in order" in again.stderr
+    assert "2 runs finished (skipped); running 0 teachers, then 0 students" in again.stderr
     text = report.write_report(report.load_runs(str(root)), str(out))
     teacher, main = (json.loads((root / "ml-100k" / name / "results.json").read_text()) for name in ("teacher_s0", "main_s0"))
     teacher_row = next(line for line in text.splitlines() if line.startswith("| teacher |"))

@@ -27,6 +27,7 @@ def smoke_grid(tmp_path_factory, data_dir):
         "--datasets=tmall",
         "--seeds=0,1",
         "--rows=teacher,main,tt",
+        "--parallel=2",
     ]
     subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
     return root, env_cmd
@@ -42,7 +43,7 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     assert main["teachers"]["select"]["checkpoint"] == "select" and main["teachers"]["refit"]["checkpoint"] == "best"
     # Rerunning skips finished runs instead of training again.
     again = subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
-    assert "4 runs finished (skipped); running 0 in order" in again.stderr
+    assert "4 runs finished (skipped); running 0 teachers, then 0 students" in again.stderr
 
     text = report.write_report(report.load_runs(str(root)), str(out))
     assert (out / "results.md").read_text() == text
