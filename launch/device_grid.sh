@@ -69,9 +69,10 @@ ablations_after_teacher() {  # waits for the Tmall teacher (or the deadline), th
     if [ "$SECONDS" -ge "$grid_deadline" ]; then
       echo "device_grid: $(date -u +%T) time limit: stopping the grid (SIGTERM)"
       kill -TERM "${pids[@]}" 2>/dev/null
-      pkill -TERM -f "launch.reproduce" 2>/dev/null
+      # Only this grid's processes: their command lines name its root.
+      pkill -TERM -f "launch.reproduce --root=$ROOT" 2>/dev/null
       sleep 20
-      pkill -KILL -f "rec_kd.main" 2>/dev/null
+      pkill -KILL -f -- "--workdir=$ROOT/" 2>/dev/null
       break
     fi
     sleep 5
