@@ -1,6 +1,7 @@
 """launch/reproduce.py --smoke, launch/report.py and launch/compare_tables.py, end to end, into a temporary folder."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,26 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     for name in ("tmall_compression.png", "tmall_valid_curves.png"):
         assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "results").iterdir()) == [f"tmall_{r}.json" for r in runs]
+
+
+def test_the_grid_runs_teachers_first_then_students_in_priority_order(tmp_path, data_dir):
+    command = [sys.executable, "-m", "launch.reproduce", f"--root={tmp_path}", f"--data_dir={data_dir}", "--dry_run"]
+    grid = ["--datasets=tmall,retailrocket", "--seeds=0,1", "--rows=ce,x100,main,teacher"]
+    result = subprocess.run([*command, *grid], cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
+    workdirs = [re.search(r"--workdir=\S+/(\w+/\w+)", line).group(1) for line in result.stdout.splitlines()]
+    # Every teacher, then the main row seed by seed across datasets, then x100, then the ablation.
+    assert workdirs == [
+        "tmall/teacher_s0",
+        "retailrocket/teacher_s0",
+        "tmall/main_s0",
+        "retailrocket/main_s0",
+        "tmall/main_s1",
+        "retailrocket/main_s1",
+        "tmall/x100_s0",
+        "retailrocket/x100_s0",
+        "tmall/ce_s0",
+        "retailrocket/ce_s0",
+    ]
 
 
 def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path, data_dir):
