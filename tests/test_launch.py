@@ -128,6 +128,15 @@ def test_compressor_grid_runs_each_kind_at_the_budget_and_reports_it(smoke_grid,
     assert sorted(p.name for p in (out / "results" / "compression").iterdir()) == [f"tmall_{name}.json" for name in names]
     assert compare_tables.RUN_NAME.fullmatch("mixed_dim_full_x100_s0").groups() == ("mixed_dim", "full", "x100")
 
+    # A regenerated report keeps each file's measured latency (its timing.json) instead of timing it again.
+    timing_path = fp32.parent / "fp32.timing.json"
+    timing = json.loads(timing_path.read_text())
+    assert timing["calls"] == 20 and timing["p50_ms"] > 0
+    timing_path.write_text(json.dumps({**timing, "p50_ms": 123.45}))
+    subprocess.run(report_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+    qr_row = next(line for line in (out / "compression.md").read_text().splitlines() if line.startswith("| qr | ce | main |"))
+    assert "| 123.45 / " in qr_row
+
 
 def test_report_labels_name_the_table_where_the_variant_does_not():
     labels = [
