@@ -224,13 +224,14 @@ def plot(rows: list[Row], dataset: str, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind in compress.KINDS:
+    colors = plt.get_cmap("tab10").colors
+    for index, kind in enumerate(compress.KINDS):  # one colour a kind; the objective sets the line and marker
         for objective, style in (("full", "-o"), ("ce", "--x")):
             points = sorted(
                 (r.results["params"]["item_table"], r.results["test"]["hr@20"]) for r in rows if (r.kind, r.objective) == (kind, objective)
             )
             if points:
-                ax.plot(*zip(*points, strict=True), style, label=f"{kind} ({objective})")
+                ax.plot(*zip(*points, strict=True), style, color=colors[index % len(colors)], label=f"{kind} ({objective})")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the decades alone: no overlapping labels
     ax.set(xlabel="item-table parameters", ylabel="test HR@20", title=f"{dataset}: accuracy against table size")
