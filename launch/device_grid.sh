@@ -20,7 +20,7 @@ set -u
 DATA=${1:?DATA_DIR}
 OUT=${2:?OUT_DIR}
 LIMIT=${3:-560}
-ROOT=${DEVICE_GRID_ROOT:-/tmp/odrec_device}
+ROOT=$(realpath -m "${DEVICE_GRID_ROOT:-/tmp/odrec_device}")  # absolute: the runs' command lines name it
 EXTRA=${DEVICE_GRID_ARGS:-}  # e.g. --smoke, to try the script on a CPU
 PYTHON=${PYTHON:-python3}  # the device machine's python3 has JAX with CUDA
 GRID_PARALLEL=${GRID_PARALLEL:-3}
