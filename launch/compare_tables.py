@@ -166,19 +166,28 @@ def measure_files(workdir: str, calls: int) -> dict:
     for precision, quantize in (("fp32", None), ("int8", "int8")):
         path = os.path.join(workdir, "export", f"{precision}.onnx")
         timing_path = os.path.join(workdir, "export", f"{precision}.timing.json")
-        timing = None
         if not os.path.exists(path):
             export.export_workdir(workdir, path, quantize=quantize)
-        elif os.path.exists(timing_path):
-            with open(timing_path) as f:
-                timing = json.load(f)
-        if timing is None or timing.get("calls") != calls:
-            timing = bench_device.measure_in_subprocess(path, types.SimpleNamespace(calls=calls, warmup=20, cpu=0, seed=0))
-            timing["calls"] = calls
+            if os.path.exists(timing_path):
+                os.remove(timing_path)  # it timed a file that is gone
+        timing = read_timing(timing_path)
+        if timing.get("calls") != calls:
+            timing = {
+                **bench_device.measure_in_subprocess(path, types.SimpleNamespace(calls=calls, warmup=20, cpu=0, seed=0)),
+                "calls": calls,
+            }
             with open(timing_path, "w") as f:
                 json.dump(timing, f, indent=2)
         files[precision] = {"bytes": os.path.getsize(path), "p50_ms": timing["p50_ms"]}
     return files
+
+
+def read_timing(path: str) -> dict:
+    """A file's kept timing ({} when none was kept)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def load_rows(root: str, calls: int) -> list[Row]:

@@ -191,10 +191,11 @@ def main(argv):
     for run in grid_runs:
         cmd = command(run, root)
         workdir = os.path.join(root, run.dataset, run.name)
+        mismatch = "" if _DRY_RUN.value else protocol_mismatch(workdir, _PROTOCOL.value == "refit")
         if _DRY_RUN.value:
             print(" ".join(cmd))
-        elif protocol_mismatch(workdir, _PROTOCOL.value == "refit"):
-            sys.exit(f"{workdir}/config.json: {protocol_mismatch(workdir, _PROTOCOL.value == 'refit')}; use another --root")
+        elif mismatch:
+            sys.exit(f"{workdir}/config.json: {mismatch}; use another --root")
         elif sweeps.run_is_finished(workdir):
             skipped += 1
         else:
