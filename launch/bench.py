@@ -27,6 +27,7 @@ peak RSS. Figures are machine-dependent: record the machine and date beside them
 """
 
 import json
+import os
 import platform
 import resource
 import time
@@ -37,7 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import defaults, evaluation, losses, members, runs
+from rec_kd import defaults, evaluation, host_memory, losses, members, runs
 from rec_kd.models import build_model, init_model_params
 from rec_kd.sharding import Placement
 
@@ -81,12 +82,14 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
     compile_seconds = time.perf_counter() - compile_started
 
     examples, started, cpu_started, index = 0, time.perf_counter(), time.process_time(), 0
+    faults_started = minor_faults()
     while time.perf_counter() - started < _SECONDS.value and index < len(batches):
         state, metrics = step(state, batches[index])
         examples += int(batches[index]["weights"].sum())
         index += 1
     jax.block_until_ready(metrics)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    faults = minor_faults() - faults_started
     floor = time_floor(stage, config, batch_size, data.num_items + 1)
     step_ms, step_cpu_ms = 1000 * seconds / index, 1000 * cpu_seconds / index
     return {
@@ -106,6 +109,8 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
         # The floor is one model's; N members need N floors.
         "step_over_floor": step_ms / (num_members * floor["ms"]),
         "step_over_floor_cpu": step_cpu_ms / (num_members * floor["cpu_ms"]),
+        "step_minor_faults": faults / index,
+        "floor_minor_faults": floor["minor_faults"],
     }
 
 
@@ -153,13 +158,19 @@ def time_floor(stage: str, config, batch_size: int, num_rows: int) -> dict:
     """Median wall and CPU milliseconds of one call of the floor's forward and backward."""
     floor = time_floor_fn(stage, config, batch_size, num_rows)
     jax.block_until_ready(floor())  # compile
-    wall, cpu = [], []
+    wall, cpu, faults = [], [], []
     for _ in range(_FLOOR_CALLS.value):
-        started, cpu_started = time.perf_counter(), time.process_time()
+        started, cpu_started, faults_started = time.perf_counter(), time.process_time(), minor_faults()
         jax.block_until_ready(floor())
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - cpu_started)
-    return {"ms": 1000 * float(np.median(wall)), "cpu_ms": 1000 * float(np.median(cpu))}
+        faults.append(minor_faults() - faults_started)
+    return {"ms": 1000 * float(np.median(wall)), "cpu_ms": 1000 * float(np.median(cpu)), "minor_faults": float(np.median(faults))}
+
+
+def minor_faults() -> int:
+    """The process's minor page faults so far: each is a fresh page the kernel had to map (and zero) for us."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_evaluation(data, placement, eval_batch_size: int = 500) -> dict:
@@ -203,6 +214,7 @@ def main(argv):
             "cpu": platform.processor() or platform.machine(),
             "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d"),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         },
         "dataset": data.name,
         "num_items": data.num_items,
@@ -229,4 +241,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.restart_with_tunables()  # time the step as rec_kd.main runs it
     app.run(main)

@@ -21,7 +21,7 @@ from absl import app, flags
 
 from launch import bench
 from rec_kd import data as data_lib
-from rec_kd import defaults, members, step
+from rec_kd import defaults, host_memory, members, step
 from rec_kd.models import DistillHeads, build_model
 from rec_kd.sharding import Placement
 
@@ -128,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.restart_with_tunables()  # profile the step as rec_kd.main runs it
     app.run(main)

@@ -3,6 +3,10 @@
 Flags are only --config and --workdir; every hyperparameter lives in the (locked) config, so a
 misspelt override is an error. Re-running the same command on a workdir continues from its newest
 checkpoint. SIGTERM saves a checkpoint and exits 0.
+
+On glibc the command first re-executes itself once with malloc settings that let XLA reuse its
+freed CPU buffers (rec_kd/host_memory.py: a third less CPU per teacher step at batch 100, the same
+numbers bit for bit); REC_KD_KEEP_FREED_MEMORY=0 opts out.
 """
 
 import shlex
@@ -11,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rec_kd import checkpointing, distributed, train
+from rec_kd import checkpointing, distributed, host_memory, train
 from rec_kd.data import DataError
 from rec_kd.defaults import ConfigError
 
@@ -37,4 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.restart_with_tunables()  # reuse XLA's freed CPU buffers (see rec_kd/host_memory.py)
     app.run(main)

@@ -1,0 +1,51 @@
+"""Run the CPU train step on reused memory: restart the process with glibc malloc settings that keep XLA's freed buffers.
+
+Why: on the CPU backend, every call of a jitted step allocates its temporaries (one block of
+~75 MB for the Tmall teacher at batch 100) with posix_memalign from an XLA worker thread, and
+frees them when the call ends. Under glibc's defaults such a thread allocates from a per-thread
+arena whose heaps hold at most 64 MB, so the block falls through to a fresh mmap, and free()
+unmaps it. Every step then faults in ~20,000 new pages that the kernel must zero: about a third
+of the teacher step's CPU time at batch 100 (docs/performance.md, "Page faults").
+
+TUNABLES asks glibc for:
+- one arena for every thread (arena_max=1): its heap grows without the 64 MB limit;
+- no mmap for large blocks (mmap_max=0), so they come from that heap;
+- no trimming of the heap's top (trim_threshold=4 GiB), so a freed block stays mapped and the next
+  step's request reuses its pages;
+- transparent huge pages for the heap where the kernel allows them (hugetlb=1, glibc >= 2.35), so
+  the pages the heap does add fault in 2 MB at a time.
+The arithmetic is untouched; only where buffers live changes. The cost is that the process keeps
+its high-water mark of temporaries mapped (measured: peak RSS +15% in launch.bench).
+
+glibc reads GLIBC_TUNABLES only when a process starts, and calling mallopt(3) later does not move
+threads off the arenas they already use. So the entry points (rec_kd.main, launch.bench) call
+`restart_with_tunables()` first: it re-executes the same command once with TUNABLES added. Set
+REC_KD_KEEP_FREED_MEMORY=0 to opt out; a GLIBC_TUNABLES that already sets any glibc.malloc option
+is left as the user wrote it. Elsewhere than glibc (macOS, musl) nothing happens.
+"""
+
+import os
+import platform
+import sys
+
+TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.hugetlb=1"
+OPT_OUT = "REC_KD_KEEP_FREED_MEMORY"
+
+
+def environment_with_tunables(environ: dict[str, str], libc: str) -> dict[str, str] | None:
+    """The environment to restart with, or None when this process should run as it is."""
+    if libc != "glibc" or environ.get(OPT_OUT, "1") == "0":
+        return None
+    current = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc." in current:  # already ours (after the restart), or the user's own choice
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{current}:{TUNABLES}" if current else TUNABLES}
+
+
+def restart_with_tunables() -> None:
+    """Re-executes this Python command (same interpreter, same arguments) under TUNABLES, when it should."""
+    environ = environment_with_tunables(dict(os.environ), platform.libc_ver()[0])
+    if environ is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, environ)
