@@ -189,7 +189,7 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
                 copy_name = f"{dataset}_{result['_run']}.json"
                 shutil.copyfile(os.path.join(result["_dir"], "results.json"), os.path.join(out, "results", copy_name))
                 lines.append(
-                    f"- [{result['_run']}](results/{copy_name}): commit `{result['commit']}`, "
+                    f"- [{result['_run']}](results/{copy_name}): commit `{commit_label(result)}`, "
                     f"{result['num_devices']} device(s), {result['wall_s']:.0f} s: `{result['command']}`"
                 )
         lines.append("")
@@ -197,6 +197,12 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     return text
+
+
+def commit_label(result: dict) -> str:
+    """The commit a run started at, and the ones it was resumed at: 'abc... (resumed at def1234)'."""
+    resumed = [commit[:7] for commit in result.get("commits", [])[1:]]
+    return result["commit"] + (f" (resumed at {', '.join(resumed)})" if resumed else "")
 
 
 def main(argv):

@@ -151,3 +151,11 @@ def test_report_labels_name_the_table_where_the_variant_does_not():
         )
     ]
     assert labels == ["full", "tt", "full", "ce (qr)", "qr", "teacher"]
+
+
+def test_report_names_the_commits_a_run_was_resumed_at():
+    started = {"commit": "a" * 40, "commits": ["a" * 40]}
+    resumed = {"commit": "a" * 40, "commits": ["a" * 40, "b" * 40, "c" * 40]}
+    assert report.commit_label(started) == "a" * 40
+    assert report.commit_label(resumed) == "a" * 40 + " (resumed at bbbbbbb, ccccccc)"
+    assert report.commit_label({"commit": "d" * 40}) == "d" * 40  # results from before `commits`
