@@ -15,7 +15,9 @@ TUNABLES asks glibc for:
 - transparent huge pages for the heap where the kernel allows them (hugetlb=1, glibc >= 2.35), so
   the pages the heap does add fault in 2 MB at a time.
 The arithmetic is untouched; only where buffers live changes. The cost is that the process keeps
-its high-water mark of temporaries mapped (measured: peak RSS +15% in launch.bench).
+its high-water mark of temporaries mapped, and one heap fragments where many mmaps did not:
+measured peak RSS +15% for the teacher and student at batch 100 in one process, +78% for
+launch.bench's six programs up to batch 1,024 (docs/performance.md).
 
 glibc reads GLIBC_TUNABLES only when a process starts, and calling mallopt(3) later does not move
 threads off the arenas they already use. So the entry points (rec_kd.main, launch.bench) call
