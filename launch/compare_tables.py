@@ -22,7 +22,6 @@ writes OUT/compression.md (after `--report_preamble`), OUT/img/compression_DATAS
 item-table parameters, one line per kind) and copies of the results in OUT/results/compression/.
 """
 
-import ast
 import dataclasses
 import json
 import os
@@ -80,17 +79,7 @@ def unresolvable(dataset: str, data, overrides: tuple[str, ...]) -> str:
     The table is resolved as the run would resolve it (rec_kd/models/sasrec.py resolve_table_config),
     so a kind that cannot be made that small is skipped instead of failing inside the grid.
     """
-    config = defaults.get_config(dataset, "student")
-    prefix = "--config."
-    values = {}
-    for override in overrides:
-        if override.startswith(prefix) and "=" in override:
-            key, text = override[len(prefix) :].split("=", 1)
-            try:
-                values[key] = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                values[key] = text  # a bare string, as the flag parser reads it
-    config.update_from_flattened_dict(values)
+    config = reproduce.config_from_overrides(dataset, "student", overrides)
     try:
         resolve_table_config(config, data.num_items, data.hot_mask)
     except defaults.ConfigError as error:

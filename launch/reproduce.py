@@ -9,7 +9,8 @@ run by the sweep runner (rec_kd.sweeps.run_jobs; output in WORKDIR/stdout.log), 
 time: first every dataset's teacher, then the students in priority order (the main row's seed 0 of
 every dataset, then seeds 1, 2, ..., then x100, x300 and the ablations), so a grid cut short holds
 the headline rows. A finished run (results.json present) is skipped and an interrupted one resumes,
-so rerunning the same command continues the grid. Nothing is written into the repository.
+so rerunning the same command continues the grid. A finished run whose recorded config differs from
+what the grid would run now (a default changed since) is kept, with a warning naming each field. Nothing is written into the repository.
 `launch/report.py` turns ROOT into tables and plots.
 
 Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
@@ -27,11 +28,13 @@ Rows (students distil the dataset's seed-0 teacher):
   dense     the uncompressed table with the full objective (what compression costs)
 """
 
+import ast
 import dataclasses
 import json
 import os
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 
 from rec_kd import defaults, sweeps
@@ -151,6 +154,45 @@ def protocol_mismatch(workdir: str, refit: bool) -> str:
     return f"ran with train.refit_on_valid={ran_refit}, but --protocol={'refit' if refit else 'select'}"
 
 
+def config_from_overrides(dataset: str, config_arg: str, overrides: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """The config `rec_kd.main --config=configs/DATASET.py:CONFIG_ARG *overrides` starts from (tables not yet resolved)."""
+    config = defaults.get_config(dataset, config_arg)
+    prefix = "--config."
+    values = {}
+    for override in overrides:
+        if override.startswith(prefix) and "=" in override:
+            key, text = override[len(prefix) :].split("=", 1)
+            try:
+                values[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                values[key] = text  # a bare string, as the flag parser reads it
+    config.update_from_flattened_dict(values)
+    return config
+
+
+DRIFT_SECTIONS = ("train", "model", "distill")  # what decides a run's numbers, paths aside
+
+
+def config_drift(workdir: str, expected: ml_collections.ConfigDict) -> list[str]:
+    """Where the run recorded in `workdir`/config.json differs from `expected`, field by field.
+
+    Why: a finished run is skipped, so a grid whose defaults changed since (a new early-stopping rule,
+    say) would silently mix runs of two recipes. Only `seed` and the train, model and distill
+    sections are compared: paths and the resolved table legitimately differ in form.
+    """
+    with open(os.path.join(workdir, "config.json")) as f:
+        ran = json.load(f)
+    pairs = [("seed", ran.get("seed", "(absent)"), expected.seed)]
+    for section in DRIFT_SECTIONS:
+        recorded = ran.get(section, {})
+        pairs += [(f"{section}.{key}", recorded.get(key, "(absent)"), value) for key, value in expected[section].to_dict().items()]
+    return [
+        f"{name}: ran {ran_value!r}, the grid runs {value!r}"
+        for name, ran_value, value in pairs
+        if ran_value != json.loads(json.dumps(value))  # tuples read back as lists
+    ]
+
+
 def command(run: RunSpec, root: str) -> list[str]:
     config_file = os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{run.dataset.replace('-', '_')}.py"
@@ -198,6 +240,13 @@ def main(argv):
             sys.exit(f"{workdir}/config.json: {mismatch}; use another --root")
         elif sweeps.run_is_finished(workdir):
             skipped += 1
+            drift = config_drift(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides))
+            if drift:
+                logging.warning(
+                    "%s finished under another recipe than this grid's (%s); it is kept and skipped: move it out of the root to rerun it.",
+                    workdir,
+                    "; ".join(drift),
+                )
         else:
             job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
             (teachers if run.row == "teacher" else students).append(job)
