@@ -23,20 +23,36 @@ glibc reads GLIBC_TUNABLES only when a process starts, and calling mallopt(3) la
 threads off the arenas they already use. So the entry points (rec_kd.main, launch.bench) call
 `restart_with_tunables()` first: it re-executes the same command once with TUNABLES added. Set
 REC_KD_KEEP_FREED_MEMORY=0 to opt out; a GLIBC_TUNABLES that already sets any glibc.malloc option
-is left as the user wrote it. Elsewhere than glibc (macOS, musl) nothing happens.
+is left as the user wrote it. Elsewhere than glibc (macOS, musl) nothing happens, and neither does
+it where JAX will pick an accelerator (a PJRT plugin or libtpu is installed and JAX_PLATFORMS does
+not ask for the CPU): there the step's memory is on the device, and one arena for the host's many
+runtime threads is a contention we have not measured.
 """
 
+import importlib.util
 import os
 import platform
 import sys
+from importlib import metadata
 
 TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.hugetlb=1"
 OPT_OUT = "REC_KD_KEEP_FREED_MEMORY"
 
 
-def environment_with_tunables(environ: dict[str, str], libc: str) -> dict[str, str] | None:
+def accelerator_installed() -> bool:
+    """Whether JAX could find a GPU or TPU backend here (without starting JAX): a PJRT plugin or libtpu."""
+    return bool(metadata.entry_points(group="jax_plugins")) or importlib.util.find_spec("libtpu") is not None
+
+
+def runs_on_cpu(environ: dict[str, str], accelerator: bool) -> bool:
+    """Whether JAX's default backend will be the CPU: JAX_PLATFORMS's first entry, else no accelerator installed."""
+    platforms = environ.get("JAX_PLATFORMS", "")
+    return platforms.split(",")[0] == "cpu" if platforms else not accelerator
+
+
+def environment_with_tunables(environ: dict[str, str], libc: str, accelerator: bool = False) -> dict[str, str] | None:
     """The environment to restart with, or None when this process should run as it is."""
-    if libc != "glibc" or environ.get(OPT_OUT, "1") == "0":
+    if libc != "glibc" or environ.get(OPT_OUT, "1") == "0" or not runs_on_cpu(environ, accelerator):
         return None
     current = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc." in current:  # already ours (after the restart), or the user's own choice
@@ -46,7 +62,7 @@ def environment_with_tunables(environ: dict[str, str], libc: str) -> dict[str, s
 
 def restart_with_tunables() -> None:
     """Re-executes this Python command (same interpreter, same arguments) under TUNABLES, when it should."""
-    environ = environment_with_tunables(dict(os.environ), platform.libc_ver()[0])
+    environ = environment_with_tunables(dict(os.environ), platform.libc_ver()[0], accelerator_installed())
     if environ is not None:
         sys.stdout.flush()
         sys.stderr.flush()

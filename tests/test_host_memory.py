@@ -65,6 +65,21 @@ def test_no_restart_when_set_opted_out_or_not_glibc(environ, libc):
     assert host_memory.environment_with_tunables(environ, libc) is None
 
 
+@pytest.mark.parametrize(
+    "jax_platforms, accelerator, restarts",
+    [
+        ("", False, True),  # CPU only: JAX runs on the CPU
+        ("", True, False),  # a GPU/TPU plugin: JAX picks the accelerator
+        ("cpu", True, True),  # ... unless asked for the CPU
+        ("cuda,cpu", False, False),
+    ],
+)
+def test_the_restart_is_for_runs_on_the_cpu_only(jax_platforms, accelerator, restarts):
+    environ = {"JAX_PLATFORMS": jax_platforms} if jax_platforms else {}
+    restarted = host_memory.environment_with_tunables(environ, "glibc", accelerator) is not None
+    assert restarted == restarts
+
+
 @pytest.mark.skipif(not ON_GLIBC, reason="glibc only")
 def test_restart_reexecutes_the_same_command_once_under_the_tunables():
     code = (
