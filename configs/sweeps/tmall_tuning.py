@@ -1,0 +1,33 @@
+"""Tmall student tuning (issue 11, part 2): is the main student's HR@20 gap its table's capacity, or its recipe?
+
+Decided on the validation split only. Every run is the grid's main student (configs/tmall.py:student,full,
+seed 0, the same batches) with one change, trained for 3 select-phase epochs without a refit, so its valid
+curve compares epoch by epoch with the select phase of ROOT/tmall/main_s0 in the grid:
+- rank 120 instead of 60 (about 13.6x instead of 27.3x): does more capacity close the gap?
+- learning rate 2e-3 instead of 1e-3; KD weight 0.5 instead of 0.8 (vmapped members of one program).
+
+  TMALL_TEACHER=/work/runs/odrec/tmall/teacher_s0 python -m launch.sweep \\
+      --sweep=configs/sweeps/tmall_tuning.py --root=/work/runs/tuning/tmall
+  python -m launch.collect --root=/work/runs/tuning/tmall
+"""
+
+import os
+
+
+def teacher_workdir() -> str:
+    workdir = os.environ.get("TMALL_TEACHER", "")
+    if not workdir:
+        raise ValueError(f"{__file__}: set TMALL_TEACHER to the grid's Tmall teacher workdir (ROOT/tmall/teacher_s0)")
+    return workdir
+
+
+def get_sweep():
+    return {
+        "config": "configs/tmall.py:student,full",
+        "base": {"teacher_workdir": teacher_workdir(), "train.refit_on_valid": False, "train.num_epochs": 3},
+        "zip": {
+            "table.ranks": [[120], [60], [60]],
+            "train.learning_rate": [0.001, 0.002, 0.001],
+            "distill.kd_weight": [0.8, 0.8, 0.5],
+        },
+    }
