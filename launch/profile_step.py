@@ -9,20 +9,13 @@ printed with its share of the full step and, for the step, its multiple of the f
 (`launch.bench.floor_loss`). The components overlap (forward is part of grad, grad part of the
 step), so the shares do not add up to 100%. docs/performance.md reads these numbers.
 
-With --trace_dir, one more pass of the --traced_components runs under `jax.profiler` (a Perfetto trace
-is written there, for ui.perfetto.dev), and the XLA operations that took longest in each
-component are printed, by name and by kind (the name without its numeric suffix). What a row
-means: the wall time of one thunk on its executor thread. Thunks that XLA runs concurrently
-overlap, and an asynchronous one (an Eigen `dot`) shows only its launch, its work landing in
-whatever runs beside it, so read these rows for where time goes, not as a sum.
+With --trace_dir, one more pass of the --traced_components runs under `jax.profiler` (a Perfetto
+trace is written there, for ui.perfetto.dev), and the XLA operations that took longest in each
+are printed, by name and by kind (the name without its numeric suffix); `launch.xla_trace` says
+how to read those times.
 """
 
-import collections
-import glob
-import gzip
 import json
-import os
-import re
 import statistics
 import time
 
@@ -31,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from launch import bench
+from launch import bench, xla_trace
 from rec_kd import data as data_lib
 from rec_kd import defaults, host_memory, members, step
 from rec_kd.models import DistillHeads, build_model
@@ -43,9 +36,6 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 40, "Training batches per tri
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "If set: trace one more pass here (jax.profiler) and print top XLA ops.")
 _TOP_OPS = flags.DEFINE_integer("top_ops", 12, "With --trace_dir: how many operations (and kinds) to print per component.")
 _TRACED_COMPONENTS = flags.DEFINE_list("traced_components", ["full_step", "floor"], "With --trace_dir: the components traced.")
-
-# Prefix of the profiler annotation around each traced component.
-COMPONENT_ANNOTATION = "component:"
 
 
 def interleaved(components: dict, num_batches: int, trials: int) -> dict[str, float]:
@@ -59,55 +49,6 @@ def interleaved(components: dict, num_batches: int, trials: int) -> dict[str, fl
             jax.block_until_ready([fn(i) for i in range(num_batches)])
             times[name].append(1e3 * (time.perf_counter() - started) / num_batches)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def traced_pass(components: dict, num_batches: int, trace_dir: str) -> str:
-    """Runs every component once over its batches under jax.profiler; returns the Perfetto trace's path."""
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        for name, fn in components.items():
-            with jax.profiler.TraceAnnotation(COMPONENT_ANNOTATION + name):
-                jax.block_until_ready([fn(i) for i in range(num_batches)])
-    return max(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")), key=os.path.getmtime)
-
-
-def _full_name(event: dict) -> str:
-    """An event's name as annotated: the Perfetto export cuts a name at ':' and keeps the whole in args.long_name."""
-    return event.get("args", {}).get("long_name", event["name"])
-
-
-def xla_op_ms(events: list[dict], num_batches: int) -> dict[str, dict[str, float]]:
-    """{component: {XLA op: ms per batch}} from trace events (Chrome trace format, microseconds).
-
-    A component's window is its annotation's event; an XLA operation is a complete event ('X')
-    carrying `args.hlo_op`, counted in the window that contains its start.
-    """
-    complete = [event for event in events if event.get("ph") == "X"]
-    result = {}
-    for window in complete:
-        annotation = _full_name(window)
-        if not annotation.startswith(COMPONENT_ANNOTATION):
-            continue
-        start, end = window["ts"], window["ts"] + window["dur"]
-        op_us = collections.defaultdict(float)
-        for event in complete:
-            op = event.get("args", {}).get("hlo_op")
-            if op is not None and start <= event["ts"] <= end:
-                op_us[op] += event["dur"]
-        result[annotation[len(COMPONENT_ANNOTATION) :]] = {op: us / 1e3 / num_batches for op, us in op_us.items()}
-    return result
-
-
-def by_kind(op_ms: dict[str, float]) -> dict[str, float]:
-    """Sums ops of one kind: 'ynn_fusion.44' and 'ynn_fusion' are both 'ynn_fusion'."""
-    kinds = collections.defaultdict(float)
-    for op, ms in op_ms.items():
-        kinds[re.sub(r"\.\d+$", "", op)] += ms
-    return dict(kinds)
-
-
-def top(values: dict[str, float], count: int) -> dict[str, float]:
-    """The `count` largest entries, largest first, rounded to 0.01."""
-    return {name: round(value, 2) for name, value in sorted(values.items(), key=lambda item: -item[1])[:count]}
 
 
 def profile_batches(data, batch_size: int, buckets, num_batches: int) -> tuple[list, int]:
@@ -194,12 +135,11 @@ def main(argv):
         }
         if _TRACE_DIR.value:
             traced = {name: fn for name, fn in all_components.items() if name in _TRACED_COMPONENTS.value}
-            trace_file = traced_pass(traced, _NUM_BATCHES.value, _TRACE_DIR.value)
-            with gzip.open(trace_file) as trace:
-                op_ms = xla_op_ms(json.load(trace)["traceEvents"], _NUM_BATCHES.value)
+            trace_file = xla_trace.traced_pass(traced, _NUM_BATCHES.value, _TRACE_DIR.value)
+            op_ms = xla_trace.read_op_ms(trace_file, _NUM_BATCHES.value)
             report["trace"] = trace_file
-            report["top_ops_ms"] = {name: top(ms, _TOP_OPS.value) for name, ms in op_ms.items()}
-            report["top_kinds_ms"] = {name: top(by_kind(ms), _TOP_OPS.value) for name, ms in op_ms.items()}
+            report["top_ops_ms"] = {name: xla_trace.top(ms, _TOP_OPS.value) for name, ms in op_ms.items()}
+            report["top_kinds_ms"] = {name: xla_trace.top(xla_trace.by_kind(ms), _TOP_OPS.value) for name, ms in op_ms.items()}
         print(json.dumps(report, indent=1))
 
 

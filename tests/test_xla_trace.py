@@ -1,13 +1,10 @@
-"""launch.profile_step's trace reading: XLA op times per component, from synthetic and real traces."""
-
-import gzip
-import json
+"""launch.xla_trace: XLA op times per component, from synthetic and real jax.profiler traces."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from launch import profile_step
+from launch import xla_trace
 
 
 def _complete(name, ts, dur, hlo_op=None):
@@ -18,7 +15,7 @@ def _complete(name, ts, dur, hlo_op=None):
 
 
 def test_xla_op_ms_sums_ops_inside_each_window_per_batch():
-    annotation = profile_step.COMPONENT_ANNOTATION
+    annotation = xla_trace.COMPONENT_ANNOTATION
     events = [
         _complete(annotation + "full_step", 0, 1000),
         _complete("ynn_fusion.4", 10, 300, "ynn_fusion.4"),
@@ -32,16 +29,16 @@ def test_xla_op_ms_sums_ops_inside_each_window_per_batch():
         _complete("ynn_fusion", 2100, 200, "ynn_fusion"),
         _complete("ynn_fusion.9", 1500, 700, "ynn_fusion.9"),  # between the windows: in neither
     ]
-    result = profile_step.xla_op_ms(events, num_batches=2)
+    result = xla_trace.xla_op_ms(events, num_batches=2)
     # us summed, / 1000 for ms, / 2 batches.
     assert result == {"full_step": {"ynn_fusion.4": 0.2, "copy.1": 0.025}, "floor": {"ynn_fusion": 0.1}}
 
 
 def test_by_kind_drops_numeric_suffixes_and_top_orders_largest_first():
-    kinds = profile_step.by_kind({"ynn_fusion.44": 2.0, "ynn_fusion": 1.5, "copy.3": 0.25, "multiply_add_fusion.80": 0.125})
+    kinds = xla_trace.by_kind({"ynn_fusion.44": 2.0, "ynn_fusion": 1.5, "copy.3": 0.25, "multiply_add_fusion.80": 0.125})
     assert kinds == {"ynn_fusion": 3.5, "copy": 0.25, "multiply_add_fusion": 0.125}
-    assert list(profile_step.top(kinds, 2).items()) == [("ynn_fusion", 3.5), ("copy", 0.25)]
-    assert profile_step.top({"a": 1.23456}, 5) == {"a": 1.23}
+    assert list(xla_trace.top(kinds, 2).items()) == [("ynn_fusion", 3.5), ("copy", 0.25)]
+    assert xla_trace.top({"a": 1.23456}, 5) == {"a": 1.23}
 
 
 def test_traced_pass_writes_a_perfetto_trace_whose_xla_ops_land_in_their_component(tmp_path):
@@ -50,10 +47,9 @@ def test_traced_pass_writes_a_perfetto_trace_whose_xla_ops_land_in_their_compone
     add_one = jax.jit(lambda x: x + 1.0)
     components = {"square": lambda i: square(matrix), "add_one": lambda i: add_one(matrix)}
     jax.block_until_ready([fn(0) for fn in components.values()])  # compile outside the trace
-    trace_file = profile_step.traced_pass(components, num_batches=3, trace_dir=str(tmp_path))
+    trace_file = xla_trace.traced_pass(components, num_batches=3, trace_dir=str(tmp_path))
     assert trace_file.startswith(str(tmp_path)) and trace_file.endswith("perfetto_trace.json.gz")
-    with gzip.open(trace_file) as trace:
-        op_ms = profile_step.xla_op_ms(json.load(trace)["traceEvents"], num_batches=3)
+    op_ms = xla_trace.read_op_ms(trace_file, num_batches=3)
     if not any(op_ms.values()):
         pytest.fail(f"no XLA op events in {trace_file}: does this jaxlib's CPU runtime still emit per-thunk events?")
     assert set(op_ms) == {"square", "add_one"}
