@@ -4,7 +4,9 @@ Decided on the validation split only. Every run is the grid's main student (conf
 seed 0, the same batches) with one change, trained for 3 select-phase epochs without a refit, so its valid
 curve compares epoch by epoch with the select phase of ROOT/tmall/main_s0 in the grid:
 - rank 120 instead of 60 (about 13.6x instead of 27.3x): does more capacity close the gap?
+- the dense table (no compression, 5.2M parameters): the most capacity there is;
 - learning rate 2e-3 instead of 1e-3; KD weight 0.5 instead of 0.8 (vmapped members of one program).
+Runs go in that order, one at a time.
 
   TMALL_TEACHER=/work/runs/odrec/tmall/teacher_s0 python -m launch.sweep \\
       --sweep=configs/sweeps/tmall_tuning.py --root=/work/runs/tuning/tmall
@@ -26,8 +28,9 @@ def get_sweep():
         "config": "configs/tmall.py:student,full",
         "base": {"teacher_workdir": teacher_workdir(), "train.refit_on_valid": False, "train.num_epochs": 3},
         "zip": {
-            "table.ranks": [[120], [60], [60]],
-            "train.learning_rate": [0.001, 0.002, 0.001],
-            "distill.kd_weight": [0.8, 0.8, 0.5],
+            "table.kind": ["sttd", "dense", "sttd", "sttd"],
+            "table.ranks": [[120], [60], [60], [60]],
+            "train.learning_rate": [0.001, 0.001, 0.002, 0.001],
+            "distill.kd_weight": [0.8, 0.8, 0.8, 0.5],
         },
     }
