@@ -134,6 +134,9 @@ def main(argv):
             "step_over_floor": round(full / medians["floor"], 3),
         }
         if _TRACE_DIR.value:
+            unknown = set(_TRACED_COMPONENTS.value) - set(all_components)
+            if unknown:
+                raise app.UsageError(f"--traced_components: unknown {sorted(unknown)}; expected some of {list(all_components)}")
             traced = {name: fn for name, fn in all_components.items() if name in _TRACED_COMPONENTS.value}
             trace_file = xla_trace.traced_pass(traced, _NUM_BATCHES.value, _TRACE_DIR.value)
             op_ms = xla_trace.read_op_ms(trace_file, _NUM_BATCHES.value)

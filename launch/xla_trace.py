@@ -25,7 +25,10 @@ def traced_pass(components: dict, num_batches: int, trace_dir: str) -> str:
         for name, fn in components.items():
             with jax.profiler.TraceAnnotation(COMPONENT_ANNOTATION + name):
                 jax.block_until_ready([fn(i) for i in range(num_batches)])
-    return max(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")), key=os.path.getmtime)
+    traces = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
+    if not traces:
+        raise FileNotFoundError(f"{trace_dir}: jax.profiler wrote no plugins/profile/*/perfetto_trace.json.gz")
+    return max(traces, key=os.path.getmtime)
 
 
 def read_op_ms(trace_file: str, num_batches: int) -> dict[str, dict[str, float]]:
