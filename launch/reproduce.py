@@ -40,6 +40,7 @@ from absl import app, flags, logging
 from rec_kd import defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
+from rec_kd.runs import read_run_config
 
 ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
 SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
@@ -144,11 +145,9 @@ def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, 
 
 def protocol_mismatch(workdir: str, refit: bool) -> str:
     """Why a run already in `workdir` cannot join a grid of this protocol ('' when it can)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(workdir, "config.json")):
         return ""
-    with open(path) as f:
-        ran_refit = bool(json.load(f)["train"].get("refit_on_valid", False))
+    ran_refit = bool(read_run_config(workdir).train.get("refit_on_valid", False))
     if ran_refit == refit:
         return ""
     return f"ran with train.refit_on_valid={ran_refit}, but --protocol={'refit' if refit else 'select'}"
@@ -180,8 +179,7 @@ def config_drift(workdir: str, expected: ml_collections.ConfigDict) -> list[str]
     say) would silently mix runs of two recipes. Only `seed` and the train, model and distill
     sections are compared: paths and the resolved table legitimately differ in form.
     """
-    with open(os.path.join(workdir, "config.json")) as f:
-        ran = json.load(f)
+    ran = read_run_config(workdir).to_dict()
     pairs = [("seed", ran.get("seed", "(absent)"), expected.seed)]
     for section in DRIFT_SECTIONS:
         recorded = ran.get(section, {})
