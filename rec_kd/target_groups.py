@@ -1,0 +1,104 @@
+"""Test metrics of trained models by where each test target stands in time (flag-free; CLI: launch/target_groups.py).
+
+SR-GNN files list sessions in time order, and valid holds the most recent training sessions
+(docs/method.md, "Validation under drift"). A refit on train + valid gains most on the test targets
+that the valid period brought in or made popular, so scoring models group by group shows which kind
+of target a model gained or missed. The groups come from the data alone, never from a model, so
+every model is scored on the same groups:
+- new_in_valid: never a train-split target, at least once a valid-split target;
+- rising: a train-split target whose share of valid-split targets is at least `rising_factor`
+  times its share of train-split targets;
+- steady: every other target seen in the train split;
+- unseen: a target in neither split.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from rec_kd import evaluation, runs
+from rec_kd.data import session_data
+from rec_kd.defaults import ConfigError
+
+GROUPS = ("new_in_valid", "rising", "steady", "unseen")
+
+
+def target_groups(train_targets, valid_targets, test_targets, num_items: int, rising_factor: float) -> dict[str, np.ndarray]:
+    """{group: (n_test,) bool}, one group per test example, by its target's counts in train and valid.
+
+    Shares are target counts over each split's size, so the two splits compare although valid is
+    smaller. Every test example falls in exactly one group.
+    """
+    train_counts = np.bincount(train_targets, minlength=num_items + 1)  # (N + 1,)
+    valid_counts = np.bincount(valid_targets, minlength=num_items + 1)  # (N + 1,)
+    in_train = train_counts[test_targets] > 0  # (n_test,)
+    in_valid = valid_counts[test_targets] > 0
+    train_share = train_counts[test_targets] / max(len(train_targets), 1)
+    valid_share = valid_counts[test_targets] / max(len(valid_targets), 1)
+    rising = in_train & (valid_share >= rising_factor * train_share)
+    return {
+        "new_in_valid": ~in_train & in_valid,
+        "rising": rising,
+        "steady": in_train & ~rising,
+        "unseen": ~in_train & ~in_valid,
+    }
+
+
+def group_metrics(ranks: np.ndarray, groups: dict[str, np.ndarray], k: int = 20) -> dict[str, dict[str, float]]:
+    """{group or 'all': {'share', 'hr@k', 'mrr@k'}} from 0-based target ranks; an empty group scores 0."""
+    ranks = np.asarray(ranks)
+    hit = ranks < k
+    reciprocal = np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+    rows = {}
+    for name, mask in {**groups, "all": np.ones(len(ranks), bool)}.items():
+        count = int(mask.sum())
+        rows[name] = {
+            "share": count / len(ranks),
+            f"hr@{k}": float(hit[mask].mean()) if count else 0.0,
+            f"mrr@{k}": float(reciprocal[mask].mean()) if count else 0.0,
+        }
+    return rows
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+    """'WORKDIR' or 'WORKDIR:CHECKPOINT' -> (workdir, checkpoint); the checkpoint defaults to best."""
+    workdir, _, checkpoint = spec.rpartition(":") if spec.endswith((":best", ":select")) else (spec, "", "best")
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"{workdir}: no such run folder (from --models={spec})")
+    return workdir, checkpoint
+
+
+def ranks_on_split(trained: runs.TrainedModel, split: session_data.Split, batch_size: int) -> np.ndarray:
+    """(n,) 0-based rank of each test target over the whole catalogue, in the split's order.
+
+    Batches keep the full max_len and a fixed size (the last one padded), so one program scores
+    them all; the model masks the padding positions itself.
+    """
+
+    @jax.jit
+    def ranks_of(params, items, lengths, targets):
+        scores = trained.model.apply({"params": params}, items, lengths)["scores"]
+        return evaluation.target_ranks(scores, targets)
+
+    n = len(split)
+    out = []
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, start + batch_size)
+        real = rows < n
+        rows = np.where(real, rows, 0)  # padding rows repeat example 0 and are dropped below
+        ranks = ranks_of(trained.params, split.items[rows], split.lengths[rows], split.targets[rows])
+        out.append(np.asarray(ranks)[real])
+    return np.concatenate(out)
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]], k: int = 20) -> str:
+    """One row per model, one 'HR@k / MRR@k' cell per group; each header gives its group's share of the examples."""
+    names = (*GROUPS, "all")
+    first = next(iter(results.values()))
+    header = "| model | " + " | ".join(f"{name} ({first[name]['share']:.1%})" for name in names) + " |"
+    lines = [header, "|---|" + "---:|" * len(names)]
+    for model, rows in results.items():
+        cells = " | ".join(f"{rows[name][f'hr@{k}']:.4f} / {rows[name][f'mrr@{k}']:.4f}" for name in names)
+        lines.append(f"| {model} | {cells} |")
+    return "\n".join(lines)

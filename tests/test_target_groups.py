@@ -1,0 +1,69 @@
+"""rec_kd/target_groups.py: the groups and their metrics by hand, and the batched ranks against one plain-numpy pass."""
+
+import jax
+import numpy as np
+import pytest
+
+from rec_kd import defaults, runs, target_groups
+from rec_kd.data import session_data
+from rec_kd.defaults import ConfigError
+from rec_kd.models import build_model, init_model_params
+
+
+def test_each_test_target_falls_in_its_group_by_its_train_and_valid_shares():
+    # item 1: train share 3/6, never in valid -> steady; item 2: 2/6 vs 1/5 -> steady;
+    # item 3: 1/6 vs 2/5 >= 2 x 1/6 -> rising; item 4: valid only -> new_in_valid; item 5: neither -> unseen.
+    groups = target_groups.target_groups(
+        train_targets=np.array([1, 1, 1, 2, 2, 3]),
+        valid_targets=np.array([2, 4, 4, 3, 3]),
+        test_targets=np.array([1, 2, 3, 4, 5, 3]),
+        num_items=5,
+        rising_factor=2.0,
+    )
+    assert {name: mask.tolist() for name, mask in groups.items()} == {
+        "new_in_valid": [False, False, False, True, False, False],
+        "rising": [False, False, True, False, False, True],
+        "steady": [True, True, False, False, False, False],
+        "unseen": [False, False, False, False, True, False],
+    }
+
+
+def test_group_metrics_by_hand():
+    groups = {"a": np.array([True, True, False, False, False]), "b": np.array([False, False, True, True, True]), "empty": np.zeros(5, bool)}
+    rows = target_groups.group_metrics(np.array([0, 25, 4, 19, 3]), groups, k=20)
+    # hits at ranks 0, 4, 19, 3; reciprocal ranks 1, 0, 1/5, 1/20, 1/4.
+    assert rows["a"] == pytest.approx({"share": 0.4, "hr@20": 0.5, "mrr@20": 0.5})
+    assert rows["b"] == pytest.approx({"share": 0.6, "hr@20": 1.0, "mrr@20": (0.2 + 0.05 + 0.25) / 3})
+    assert rows["empty"] == {"share": 0.0, "hr@20": 0.0, "mrr@20": 0.0}
+    assert rows["all"] == pytest.approx({"share": 1.0, "hr@20": 0.8, "mrr@20": 1.5 / 5})
+
+
+def test_batched_ranks_match_one_numpy_pass_over_every_example():
+    config = defaults.get_config("ml-100k", "teacher,smoke")
+    num_items, max_len = 30, config.data.max_len
+    model = build_model(config, num_items)
+    params = init_model_params(model, max_len, jax.random.key(3))
+    trained = runs.TrainedModel(model=model, params=params, step=0, workdir="", config=config)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 6, size=7).astype(np.int32)
+    items = np.zeros((7, max_len), np.int32)
+    for row, length in enumerate(lengths):
+        items[row, :length] = rng.integers(1, num_items + 1, size=length)
+    targets = rng.integers(1, num_items + 1, size=7).astype(np.int32)
+    split = session_data.Split(items=items, lengths=lengths, targets=targets, full_lengths=lengths)
+
+    ranks = target_groups.ranks_on_split(trained, split, batch_size=4)  # two batches, the second padded
+
+    scores = np.asarray(model.apply({"params": params}, items, lengths)["scores"])  # (7, N + 1)
+    expected = []
+    for row, target in enumerate(targets):
+        others = np.delete(scores[row, 1:], target - 1)  # real items other than the target
+        expected.append(int(np.sum(others >= scores[row, target])))
+    np.testing.assert_array_equal(ranks, expected)
+
+
+def test_a_model_spec_names_its_checkpoint_or_defaults_to_best(tmp_path):
+    assert target_groups.parse_model(f"{tmp_path}:select") == (str(tmp_path), "select")
+    assert target_groups.parse_model(str(tmp_path)) == (str(tmp_path), "best")
+    with pytest.raises(ConfigError, match="no such run folder"):
+        target_groups.parse_model(f"{tmp_path}/missing:best")
