@@ -1,7 +1,7 @@
 """Test HR@20 / MRR@20 of trained models, split by where each test target stands in time.
 
   python -m launch.target_groups --data_dir=../shared/data --dataset=tmall \\
-      --models=/work/runs/odrec/tmall/teacher_s0:select,/work/runs/odrec/tmall/teacher_s0:best
+      --model=/work/runs/odrec/tmall/teacher_s0:select --model=/work/runs/odrec/tmall/teacher_s0:best
 
 The groups (new_in_valid, rising, steady, unseen) and why: rec_kd/target_groups.py. They are cut
 from the train and valid splits as `--valid_fraction` defines them, so models trained with any
@@ -13,18 +13,20 @@ the numbers.
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
 from rec_kd import data as data_lib
 from rec_kd import runs
 from rec_kd import target_groups as groups_lib
+from rec_kd.defaults import ConfigError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding the dataset's folder.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "A benchmark dataset whose sessions are in time order.")
 _VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Valid split that defines the groups (the grid's).")
 _RISING_FACTOR = flags.DEFINE_float("rising_factor", 4.0, "A target is rising when its valid share is at least this times its train share.")
-_MODELS = flags.DEFINE_list("models", None, "WORKDIR or WORKDIR:CHECKPOINT, comma-separated.")
+_MODELS = flags.DEFINE_multi_string("model", None, "WORKDIR or WORKDIR:CHECKPOINT; repeat for more (sweep workdir names hold commas).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "Test examples scored at once.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers as JSON.")
 
@@ -32,13 +34,19 @@ _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers a
 def main(argv):
     del argv
     if not _MODELS.value:
-        raise app.UsageError("--models: give at least one WORKDIR or WORKDIR:CHECKPOINT")
-    models = [groups_lib.parse_model(spec) for spec in _MODELS.value]
+        raise app.UsageError("--model: give at least one WORKDIR or WORKDIR:CHECKPOINT")
+    try:
+        models = [groups_lib.parse_model(spec) for spec in _MODELS.value]
+    except ConfigError as error:
+        sys.exit(str(error))
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value, valid_fraction=_VALID_FRACTION.value)
     groups = groups_lib.target_groups(data.train.targets, data.valid.targets, data.test.targets, data.num_items, _RISING_FACTOR.value)
     results = {}
     for workdir, checkpoint in models:
-        trained = runs.load_trained(workdir, data.num_items, checkpoint=checkpoint)
+        try:
+            trained = runs.load_trained(workdir, data.num_items, checkpoint=checkpoint)
+        except ConfigError as error:
+            sys.exit(str(error))
         label = f"{os.path.basename(os.path.dirname(workdir.rstrip('/')))}/{os.path.basename(workdir.rstrip('/'))}:{checkpoint}"
         results[label] = groups_lib.group_metrics(groups_lib.ranks_on_split(trained, data.test, _BATCH_SIZE.value), groups)
     print(

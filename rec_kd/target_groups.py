@@ -65,7 +65,7 @@ def parse_model(spec: str) -> tuple[str, str]:
     """'WORKDIR' or 'WORKDIR:CHECKPOINT' -> (workdir, checkpoint); the checkpoint defaults to best."""
     workdir, _, checkpoint = spec.rpartition(":") if spec.endswith((":best", ":select")) else (spec, "", "best")
     if not os.path.isdir(workdir):
-        raise ConfigError(f"{workdir}: no such run folder (from --models={spec})")
+        raise ConfigError(f"{workdir}: no such run folder (from --model={spec})")
     return workdir, checkpoint
 
 
