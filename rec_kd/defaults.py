@@ -155,6 +155,12 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # (0 = round(hot_dim * cold_ratio), at least 1), each block projected to d. hot_rows is filled
     # from the data when the run starts (the packed hot mask; rec_kd/compress/mixed_dim.py).
     config.table.mixed_dim = ml_collections.ConfigDict({"hot_dim": 0, "cold_dim": 0, "cold_ratio": 0.25, "hot_rows": ""})
+    # Which table row holds each item: 'id' (item i is row i, the paper's) or 'shuffled' (a fixed
+    # random permutation drawn from row_order_seed). Benchmark ids follow first appearance, so with
+    # 'id' the popular early items share STTD / TT / QR factor rows (docs/method.md, part 3).
+    # Not for mixed_dim (its hot rows are item ids); a dense table ignores it.
+    config.table.row_order = "id"
+    config.table.row_order_seed = 0
 
     config.distill = ml_collections.ConfigDict()
     # lambda: weight of soft-target KD; the rec loss gets 1 - lambda.

@@ -281,11 +281,16 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
     causal = g.constant(np.tril(np.ones((width, width), dtype=bool))[None, None])  # (1, 1, W, W)
     allowed = g.op("And", causal, g.unsqueeze(mask_bool, [1, 2]))  # (B, 1, L, L)
 
+    # A shuffled row order (SeqRecModel.item_rows) is one constant: item id -> table row.
+    item_rows = model.item_rows()
+    row_of = None if item_rows is None else g.constant(item_rows)  # (N + 1,) int32
     if factored:
         table, cores = None, sttd.onnx_core_names(g, sttd.core_list(params[spec.param_name]))
-        embedded = factored_lookup(g, cores, spec, items)
+        embedded = factored_lookup(g, cores, spec, items if row_of is None else g.op("Gather", row_of, items, axis=0))
     else:
         table = spec.onnx_table(g, params[spec.param_name])  # (rows, d): the stored weights, folded at load
+        if row_of is not None:
+            table = g.op("Gather", table, row_of, axis=0)  # (N + 1, d), in item order
         embedded = g.op("Gather", table, items, axis=0)
     if summary:
         is_summary = g.unsqueeze(g.op("Equal", positions, lengths), [2])  # (B, W, 1)
@@ -303,14 +308,18 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         scores = g.op("Gemm", session, table, transB=1)  # (B, rows of the table)
     else:
         scores = factored_scores(g, cores, spec, session)  # (B, P)
-    # Candidates are items 1..N: the padding row and rows past num_items are cut off here.
-    real = g.op(
-        "Slice",
-        scores,
-        g.constant(np.asarray([1], np.int64)),
-        g.constant(np.asarray([num_items + 1], np.int64)),
-        g.constant(np.asarray([1], np.int64)),
-    )  # (B, N)
+    if row_of is not None and not table:
+        # Factored scores come in table-row order: take items 1..N's rows, in item order.
+        real = g.op("Gather", scores, g.constant(item_rows[1:]), axis=1)  # (B, N)
+    else:
+        # Candidates are items 1..N: the padding row and rows past num_items are cut off here.
+        real = g.op(
+            "Slice",
+            scores,
+            g.constant(np.asarray([1], np.int64)),
+            g.constant(np.asarray([num_items + 1], np.int64)),
+            g.constant(np.asarray([1], np.int64)),
+        )  # (B, N)
     top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
     g.nodes.append(helper.make_node("TopK", [real, g.constant(np.asarray([k], np.int64))], [top_scores, top_index], axis=-1))
     g.op("Add", top_index, g.constant(np.int64(1)), out=OUTPUT_IDS)

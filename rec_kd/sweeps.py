@@ -66,6 +66,15 @@ def load_module(path: str, what: str):
     return module
 
 
+def required_env(name: str, sweep_file: str, what: str) -> str:
+    """A value a sweep file reads from the environment: a path that differs between machines, such
+    as the teacher workdir its students distil from. Unset is a SweepError naming the file and the variable."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise SweepError(f"{sweep_file}: set {name} to {what}")
+    return value
+
+
 def load_sweep(path: str) -> Sweep:
     module = load_module(path, "sweep")
     if not hasattr(module, "get_sweep"):

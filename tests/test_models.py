@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rec_kd import defaults
 from rec_kd.compress import sttd
 from rec_kd.models import DistillHeads, SeqRecModel
+from rec_kd.models.sasrec import row_order_seed
 
 NUM_ITEMS, DIM, MAX_LEN = 7, 4, 3
 
@@ -133,6 +135,38 @@ def test_student_uses_the_materialised_sttd_table_for_lookup_and_scores():
     np.testing.assert_allclose(out["table"], table, atol=1e-6)
     sessions, scores = np_forward(params, table, ITEMS, LENGTHS, num_heads=1)
     np.testing.assert_allclose(out["scores"][:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-5)
+
+
+def test_shuffled_rows_put_each_item_on_its_own_random_row_and_padding_on_row_0():
+    spec = sttd.STTDSpec(item_factors=(3, 3), dim_factors=(2, 2), ranks=(4,), t=2)  # 9 rows for 8 ids
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN, table_spec=spec, row_order_seed=5)
+    rows = model.item_rows()
+    assert rows[0] == 0 and sorted(rows[1:].tolist()) != list(range(1, NUM_ITEMS + 1))  # shuffled, not the identity
+    assert len(set(rows.tolist())) == NUM_ITEMS + 1 and set(rows[1:].tolist()) <= set(range(1, 9))
+    np.testing.assert_array_equal(rows, SeqRecModel(num_items=NUM_ITEMS, table_spec=spec, row_order_seed=5).item_rows())  # seeded
+    params = model.init(jax.random.key(2), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["params"]
+    table = np.asarray(sttd.materialize(params["sttd_cores"], spec))[rows]  # item i's embedding is row rows[i]
+    out = model.apply({"params": params}, jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
+    np.testing.assert_allclose(out["table"], table, atol=1e-6)
+    sessions, scores = np_forward(params, table, ITEMS, LENGTHS, num_heads=1)
+    np.testing.assert_allclose(out["scores"][:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-5)
+
+
+def test_row_order_from_the_config():
+    config = defaults.get_config("tmall", "student")
+    assert row_order_seed(config) is None  # the paper's order by default
+    config.table.row_order, config.table.row_order_seed = "shuffled", 3
+    assert row_order_seed(config) == 3
+    config.table.kind = "dense"
+    assert row_order_seed(config) is None  # nothing to shuffle
+    config.table.kind = "mixed_dim"
+    with pytest.raises(defaults.ConfigError, match="mixed_dim"):
+        row_order_seed(config)
+    config.table.kind, config.table.row_order = "sttd", "sorted"
+    with pytest.raises(defaults.ConfigError, match="unknown table.row_order 'sorted'"):
+        row_order_seed(config)
+    del config.table["row_order"]  # a run from before the field
+    assert row_order_seed(config) is None
 
 
 def test_sttd_spec_too_small_for_catalogue_is_an_error():

@@ -158,3 +158,14 @@ def test_cluster_modes_write_a_valid_script_with_one_job_per_run(tmp_path, mode,
     # Vmapped, the four runs are one job.
     subprocess.run(sweep_command(sweep_file, root, f"--mode={mode}"), cwd=REPO, env=sweep_env(), check=True, capture_output=True)
     assert "--members=" in (root / script).read_text()
+
+
+def test_a_sweep_file_reads_a_machine_path_from_the_environment(monkeypatch):
+    path = os.path.join(sweeps.REPO, "configs", "sweeps", "tmall_row_order.py")
+    monkeypatch.delenv("TMALL_TEACHER", raising=False)
+    with pytest.raises(sweeps.SweepError, match=r"tmall_row_order.py: set TMALL_TEACHER to the grid's Tmall teacher workdir"):
+        sweeps.load_sweep(path)
+    monkeypatch.setenv("TMALL_TEACHER", "/runs/tmall/teacher_s0")
+    sweep = sweeps.load_sweep(path)
+    assert sweep.base["teacher_workdir"] == "/runs/tmall/teacher_s0"
+    assert [run.name for run in sweeps.expand(sweep)] == ["table.row_order=shuffled"]

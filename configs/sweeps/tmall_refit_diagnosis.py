@@ -15,21 +15,15 @@ the rule that comes out of them must be one that valid alone can apply. Runs go 
       --sweep=configs/sweeps/tmall_refit_diagnosis.py --root=/work/runs/refit_diagnosis/tmall
 """
 
-import os
-
-
-def teacher_workdir() -> str:
-    workdir = os.environ.get("TMALL_TEACHER", "")
-    if not workdir:
-        raise ValueError(f"{__file__}: set TMALL_TEACHER to the grid's Tmall teacher workdir (ROOT/tmall/teacher_s0)")
-    return workdir
+from rec_kd import sweeps
 
 
 def get_sweep():
+    teacher_workdir = sweeps.required_env("TMALL_TEACHER", __file__, "the grid's Tmall teacher workdir (ROOT/tmall/teacher_s0)")
     return {
         "config": "configs/tmall.py:student,full",
         "base": {
-            "teacher_workdir": teacher_workdir(),
+            "teacher_workdir": teacher_workdir,
             "data.valid_fraction": 0.0,
             "train.refit_on_valid": False,
             "train.num_epochs": 3,

@@ -13,20 +13,14 @@ Runs go in that order, one at a time.
   python -m launch.collect --root=/work/runs/tuning/tmall
 """
 
-import os
-
-
-def teacher_workdir() -> str:
-    workdir = os.environ.get("TMALL_TEACHER", "")
-    if not workdir:
-        raise ValueError(f"{__file__}: set TMALL_TEACHER to the grid's Tmall teacher workdir (ROOT/tmall/teacher_s0)")
-    return workdir
+from rec_kd import sweeps
 
 
 def get_sweep():
+    teacher_workdir = sweeps.required_env("TMALL_TEACHER", __file__, "the grid's Tmall teacher workdir (ROOT/tmall/teacher_s0)")
     return {
         "config": "configs/tmall.py:student,full",
-        "base": {"teacher_workdir": teacher_workdir(), "train.refit_on_valid": False, "train.num_epochs": 3},
+        "base": {"teacher_workdir": teacher_workdir, "train.refit_on_valid": False, "train.num_epochs": 3},
         "zip": {
             "table.kind": ["sttd", "dense", "sttd", "sttd"],
             "table.ranks": [[120], [60], [60], [60]],

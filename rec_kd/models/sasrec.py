@@ -9,6 +9,7 @@ and the full-catalogue scores, so the compressed parameters get gradients throug
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rec_kd import compress
 from rec_kd.compress import common, dense, sttd
@@ -46,6 +47,10 @@ class SeqRecModel(nn.Module):
       table_spec: None for a dense table (the teacher, or the dense ablation), else the spec of the
         student's compressed table (rec_kd/compress; spec.num_rows >= num_items + 1, and rows past
         num_items are never used).
+      row_order_seed: None: item i is row i of the table (the paper's order). Else items sit on
+        rows shuffled by this seed (`item_rows`): benchmark ids number items in order of first
+        appearance, so a structured table (STTD, TT, QR) indexed by raw ids makes the popular
+        early items share factor rows (docs/method.md, "Where the student's HR@20 goes", part 3).
     """
 
     num_items: int
@@ -58,6 +63,7 @@ class SeqRecModel(nn.Module):
     init_scheme: str = "standard"
     readout: str = "mean"
     table_spec: object | None = None
+    row_order_seed: int | None = None
 
     @property
     def spec(self):
@@ -95,9 +101,17 @@ class SeqRecModel(nn.Module):
         ]
         self.readout_head = SoftAttentionReadout(self.init_scheme, name="readout")
 
+    def item_rows(self) -> np.ndarray | None:
+        """(num_items + 1,) table row of each item id, or None when item i is row i."""
+        if self.row_order_seed is None:
+            return None
+        return shuffled_item_rows(self.spec.num_rows, self.num_items, self.row_order_seed)
+
     def item_table(self) -> jax.Array:
         """(num_items + 1, D) item embeddings, materialised from the table's parameters."""
-        return self.spec.materialize(self.table_params)[: self.num_items + 1]
+        table = self.spec.materialize(self.table_params)
+        rows = self.item_rows()
+        return table[: self.num_items + 1] if rows is None else table[rows]
 
     def encode(self, table: jax.Array, items: jax.Array, lengths: jax.Array, train: bool) -> jax.Array:
         """Session vectors (B, D) for right-padded item ids (B, L) with `lengths` (B,) real items."""
@@ -128,6 +142,28 @@ class SeqRecModel(nn.Module):
         return {"session": session, "table": table, "scores": scores}
 
 
+def shuffled_item_rows(num_rows: int, num_items: int, seed: int) -> np.ndarray:
+    """(num_items + 1,) int32 rows: padding id 0 keeps row 0, ids 1..N take distinct random rows in [1, num_rows).
+
+    A numpy constant, so the jitted table gathers it like any index and export writes the same rows.
+    """
+    rows = np.random.default_rng(seed).permutation(np.arange(1, num_rows))[:num_items]
+    return np.concatenate([[0], rows]).astype(np.int32)
+
+
+def row_order_seed(config) -> int | None:
+    """The model's row_order_seed from config.table.row_order ('id', or 'shuffled' by table.row_order_seed)."""
+    table = config.get("table", {})
+    order = table.get("row_order", "id")  # runs from before this field: 'id'
+    if order == "id" or table_kind(config) == "dense":  # a dense table has no structure to shuffle
+        return None
+    if order != "shuffled":
+        raise ConfigError(f"unknown table.row_order {order!r}; expected 'id' or 'shuffled'")
+    if table_kind(config) == "mixed_dim":
+        raise ConfigError("table.row_order='shuffled' does not apply to mixed_dim, whose hot rows are item ids")
+    return int(table.row_order_seed)
+
+
 def build_model(config, num_items: int) -> SeqRecModel:
     """The teacher (dense table) or student model named by a run config (its table resolved)."""
     model_config = config.model
@@ -142,6 +178,7 @@ def build_model(config, num_items: int) -> SeqRecModel:
         init_scheme=model_config.init_scheme,
         readout=model_config.get("readout", "mean"),  # runs from before this field: 'mean'
         table_spec=table_spec_from_config(config, num_items),
+        row_order_seed=row_order_seed(config),
     )
 
 
