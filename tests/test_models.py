@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import defaults
+from rec_kd import defaults, row_order
 from rec_kd.compress import sttd
 from rec_kd.models import DistillHeads, SeqRecModel
 from rec_kd.models.sasrec import row_order_seed
@@ -197,3 +197,15 @@ def test_heads_recombine_mixed_examples_and_cross_session_vectors_otherwise():
     cold_t = np_readout(np.asarray(teacher_table)[None, [1, 5]], np.array([[False, True]]), p["cold_teacher"])
     want = np.concatenate([hot_s, cold_t], -1) @ p["cl_student"]["kernel"]
     np.testing.assert_allclose(out["cl_student"][0], want[0], rtol=1e-4, atol=1e-5)
+
+
+def test_spread_rows_give_the_most_clicked_items_distinct_factor_rows():
+    counts = np.array([0, 5, 9, 1, 7, 3, 8, 2, 6, 4, 0])  # padding first; 10 items on a 3 x 4 table
+    rows = row_order.spread_rows(counts, (3, 4))
+    assert len(set(rows.tolist())) == 11 and rows.max() < 12
+    by_count = [2, 6, 4, 8, 1, 9, 5, 7, 3]  # the clicked items, most clicked first
+    # rank k sits on (k mod 3, (k // 3 + k mod 3) mod 4): ranks 0..2 on (0, 0), (1, 1), (2, 2); 3..5 on (0, 1), (1, 2), (2, 3).
+    assert [divmod(int(rows[i]), 4) for i in by_count[:6]] == [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 3)]
+    np.testing.assert_array_equal(row_order.popularity_rows(counts)[by_count], np.arange(1, 10))
+    with pytest.raises(ValueError, match="do not fit a 2 x 4 table"):
+        row_order.spread_rows(counts, (2, 4))

@@ -15,6 +15,7 @@ from rec_kd import compress
 from rec_kd.compress import common, dense, sttd
 from rec_kd.defaults import ConfigError
 from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initializers
+from rec_kd.row_order import shuffled_item_rows
 
 # 'mean': METHOD.md's readout (the gate sees the masked mean of the encoder outputs). 'mean+summary':
 # the gate also sees the output of a learned summary token placed right after the session, which
@@ -140,15 +141,6 @@ class SeqRecModel(nn.Module):
         session = self.encode(table, items, lengths, train)
         scores = mask_padding_scores(session @ table.T)
         return {"session": session, "table": table, "scores": scores}
-
-
-def shuffled_item_rows(num_rows: int, num_items: int, seed: int) -> np.ndarray:
-    """(num_items + 1,) int32 rows: padding id 0 keeps row 0, ids 1..N take distinct random rows in [1, num_rows).
-
-    A numpy constant, so the jitted table gathers it like any index and export writes the same rows.
-    """
-    rows = np.random.default_rng(seed).permutation(np.arange(1, num_rows))[:num_items]
-    return np.concatenate([[0], rows]).astype(np.int32)
 
 
 def row_order_seed(config) -> int | None:
