@@ -40,6 +40,7 @@ from absl import app, flags, logging
 from rec_kd import defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
+from rec_kd.models.sasrec import row_order_seed
 from rec_kd.runs import read_run_config
 
 ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
@@ -176,14 +177,18 @@ def config_drift(workdir: str, expected: ml_collections.ConfigDict) -> list[str]
     """Where the run recorded in `workdir`/config.json differs from `expected`, field by field.
 
     Why: a finished run is skipped, so a grid whose defaults changed since (a new early-stopping rule,
-    say) would silently mix runs of two recipes. Only `seed` and the train, model and distill
-    sections are compared: paths and the resolved table legitimately differ in form.
+    say) would silently mix runs of two recipes. Only `seed`, the train, model and distill sections
+    and the table's effective row order are compared: paths and the resolved table legitimately
+    differ in form.
     """
-    ran = read_run_config(workdir).to_dict()
+    ran_config = read_run_config(workdir)
+    ran = ran_config.to_dict()
     pairs = [("seed", ran.get("seed", "(absent)"), expected.seed)]
     for section in DRIFT_SECTIONS:
         recorded = ran.get(section, {})
         pairs += [(f"{section}.{key}", recorded.get(key, "(absent)"), value) for key, value in expected[section].to_dict().items()]
+    # Of the table, only the item -> row order changes a run's numbers here (None: the id order).
+    pairs.append(("table.row_order_seed", row_order_seed(ran_config), row_order_seed(expected)))
     return [
         f"{name}: ran {ran_value!r}, the grid runs {value!r}"
         for name, ran_value, value in pairs
@@ -246,6 +251,13 @@ def main(argv):
                     "; ".join(drift),
                 )
         else:
+            started = os.path.exists(os.path.join(workdir, "config.json"))
+            drift = config_drift(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides)) if started else []
+            if drift:
+                sys.exit(
+                    f"{workdir} was started under another recipe than this grid's ({'; '.join(drift)}); "
+                    "resuming it would mix the two: move it out of the root to start it again"
+                )
             job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
             (teachers if run.row == "teacher" else students).append(job)
     if _DRY_RUN.value:

@@ -153,15 +153,18 @@ def test_shuffled_rows_put_each_item_on_its_own_random_row_and_padding_on_row_0(
 
 
 def test_row_order_from_the_config():
-    config = defaults.get_config("tmall", "student")
+    config = defaults.get_config("ml-100k", "student")
     assert row_order_seed(config) is None  # the paper's order by default
+    assert row_order_seed(defaults.get_config("tmall", "student")) == 0  # Tmall and RetailRocket shuffle
     config.table.row_order, config.table.row_order_seed = "shuffled", 3
     assert row_order_seed(config) == 3
-    config.table.kind = "dense"
-    assert row_order_seed(config) is None  # nothing to shuffle
-    config.table.kind = "mixed_dim"
-    with pytest.raises(defaults.ConfigError, match="mixed_dim"):
-        row_order_seed(config)
+    for kind in ("dense", "lowrank", "hash", "mixed_dim"):  # no factor rows shared by id digits
+        config.table.kind = kind
+        assert row_order_seed(config) is None
+    config.table.kind = "qr"
+    assert row_order_seed(config) == 3
+    assert row_order_seed(defaults.get_config("tmall", "teacher")) is None
+    assert defaults.get_config("tmall", "student,smoke").table.row_order == "id"  # smoke runs keep the base settings
     config.table.kind, config.table.row_order = "sttd", "sorted"
     with pytest.raises(defaults.ConfigError, match="unknown table.row_order 'sorted'"):
         row_order_seed(config)

@@ -39,3 +39,17 @@ def test_a_run_from_before_a_new_default_is_named_field_by_field(tmp_path):
         "train.early_stop_min_delta: ran '(absent)', the grid runs 0.002",
         "model.dropout_rate: ran 0.2, the grid runs 0.5",
     ]
+
+
+def test_a_student_run_before_the_shuffled_row_order_is_named(tmp_path):
+    expected = reproduce.config_from_overrides("tmall", "student", ())
+    assert expected.table.row_order == "shuffled"  # Tmall's default since part 3 of docs/method.md
+    ran = expected.to_dict()
+    del ran["table"]["row_order"]  # recorded before the field existed: the id order
+    write_run_config(tmp_path / "run", ran)
+    assert reproduce.config_drift(str(tmp_path / "run"), expected) == ["table.row_order_seed: ran None, the grid runs 0"]
+    teacher = reproduce.config_from_overrides("tmall", "teacher", ())
+    ran = teacher.to_dict()
+    del ran["table"]["row_order"]
+    write_run_config(tmp_path / "teacher", ran)
+    assert reproduce.config_drift(str(tmp_path / "teacher"), teacher) == []  # a dense table has no row order

@@ -143,16 +143,21 @@ class SeqRecModel(nn.Module):
         return {"session": session, "table": table, "scores": scores}
 
 
+# Kinds whose rows share factor rows by their ids' digits (STTD and TT: id // I_2, id % I_2; QR: quotient,
+# remainder), so which items share them depends on the item -> row map. Every other kind ignores
+# table.row_order: dense and low-rank rows are independent, hash rows are already pseudo-random,
+# and mixed_dim's hot rows are item ids.
+ROW_ORDER_KINDS = ("sttd", "tt", "qr")
+
+
 def row_order_seed(config) -> int | None:
     """The model's row_order_seed from config.table.row_order ('id', or 'shuffled' by table.row_order_seed)."""
     table = config.get("table", {})
     order = table.get("row_order", "id")  # runs from before this field: 'id'
-    if order == "id" or table_kind(config) == "dense":  # a dense table has no structure to shuffle
-        return None
-    if order != "shuffled":
+    if order not in ("id", "shuffled"):
         raise ConfigError(f"unknown table.row_order {order!r}; expected 'id' or 'shuffled'")
-    if table_kind(config) == "mixed_dim":
-        raise ConfigError("table.row_order='shuffled' does not apply to mixed_dim, whose hot rows are item ids")
+    if order == "id" or table_kind(config) not in ROW_ORDER_KINDS:
+        return None
     return int(table.row_order_seed)
 
 
