@@ -30,7 +30,6 @@ Rows (students distil the dataset's seed-0 teacher):
 
 import ast
 import dataclasses
-import json
 import os
 import sys
 
@@ -40,8 +39,7 @@ from absl import app, flags, logging
 from rec_kd import defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
-from rec_kd.models.sasrec import row_order_seed
-from rec_kd.runs import read_run_config
+from rec_kd.runs import config_drift, read_run_config
 
 ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
 SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
@@ -168,32 +166,6 @@ def config_from_overrides(dataset: str, config_arg: str, overrides: tuple[str, .
                 values[key] = text  # a bare string, as the flag parser reads it
     config.update_from_flattened_dict(values)
     return config
-
-
-DRIFT_SECTIONS = ("train", "model", "distill")  # what decides a run's numbers, paths aside
-
-
-def config_drift(workdir: str, expected: ml_collections.ConfigDict) -> list[str]:
-    """Where the run recorded in `workdir`/config.json differs from `expected`, field by field.
-
-    Why: a finished run is skipped, so a grid whose defaults changed since (a new early-stopping rule,
-    say) would silently mix runs of two recipes. Only `seed`, the train, model and distill sections
-    and the table's effective row order are compared: paths and the resolved table legitimately
-    differ in form.
-    """
-    ran_config = read_run_config(workdir)
-    ran = ran_config.to_dict()
-    pairs = [("seed", ran.get("seed", "(absent)"), expected.seed)]
-    for section in DRIFT_SECTIONS:
-        recorded = ran.get(section, {})
-        pairs += [(f"{section}.{key}", recorded.get(key, "(absent)"), value) for key, value in expected[section].to_dict().items()]
-    # Of the table, only the item -> row order changes a run's numbers here (None: the id order).
-    pairs.append(("table.row_order_seed", row_order_seed(ran_config), row_order_seed(expected)))
-    return [
-        f"{name}: ran {ran_value!r}, the grid runs {value!r}"
-        for name, ran_value, value in pairs
-        if ran_value != json.loads(json.dumps(value))  # tuples read back as lists
-    ]
 
 
 def command(run: RunSpec, root: str) -> list[str]:

@@ -17,6 +17,7 @@ from rec_kd import checkpointing
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
 from rec_kd.models import build_model, init_model_params
+from rec_kd.models.sasrec import row_order_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,3 +133,30 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
         )
     logging.info("Restored teacher from %s (checkpoints/%s, step %d) for the %s phase.", workdir, teacher.checkpoint, teacher.step, phase)
     return teacher
+
+
+DRIFT_SECTIONS = ("train", "model", "distill")  # what decides a run's numbers, paths aside
+
+
+def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:
+    """Where the run recorded in `workdir`/config.json differs from `expected`, field by field.
+
+    Why: a launcher (launch/reproduce.py, launch/sweep.py) skips a finished run and resumes an
+    unfinished one, so after a default changed (a new early-stopping rule, say) it would silently
+    mix runs of two recipes, or two recipes in one run. `launcher` names it in the messages.
+    Only `seed`, the train, model and distill sections and the table's effective row order are
+    compared: paths and the resolved table legitimately differ in form.
+    """
+    ran_config = read_run_config(workdir)
+    ran = ran_config.to_dict()
+    pairs = [("seed", ran.get("seed", "(absent)"), expected.seed)]
+    for section in DRIFT_SECTIONS:
+        recorded = ran.get(section, {})
+        pairs += [(f"{section}.{key}", recorded.get(key, "(absent)"), value) for key, value in expected[section].to_dict().items()]
+    # Of the table, only the item -> row order changes a run's numbers here (None: the id order).
+    pairs.append(("table.row_order_seed", row_order_seed(ran_config), row_order_seed(expected)))
+    return [
+        f"{name}: ran {ran_value!r}, {launcher} runs {value!r}"
+        for name, ran_value, value in pairs
+        if ran_value != json.loads(json.dumps(value))  # tuples read back as lists
+    ]

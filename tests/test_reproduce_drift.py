@@ -1,9 +1,9 @@
-"""launch.reproduce: a finished run made under another recipe than the grid's is named, field by field."""
+"""rec_kd.runs.config_drift, as launch/reproduce.py uses it: a run made under another recipe than the grid's is named, field by field."""
 
 import json
 
 from launch import reproduce
-from rec_kd import defaults
+from rec_kd import defaults, runs
 
 
 def write_run_config(workdir, config_dict: dict) -> None:
@@ -25,7 +25,7 @@ def test_overrides_are_applied_as_rec_kd_main_reads_them():
 def test_a_run_of_the_grids_recipe_has_no_drift(tmp_path):
     expected = reproduce.config_from_overrides("tmall", "teacher", ("--config.train.refit_on_valid=True",))
     write_run_config(tmp_path / "run", expected.to_dict())
-    assert reproduce.config_drift(str(tmp_path / "run"), expected) == []
+    assert runs.config_drift(str(tmp_path / "run"), expected) == []
 
 
 def test_a_run_from_before_a_new_default_is_named_field_by_field(tmp_path):
@@ -34,7 +34,7 @@ def test_a_run_from_before_a_new_default_is_named_field_by_field(tmp_path):
     del ran["train"]["early_stop_min_delta"]  # recorded before the field existed
     ran["model"]["dropout_rate"] = 0.2
     write_run_config(tmp_path / "run", ran)
-    assert reproduce.config_drift(str(tmp_path / "run"), expected) == [
+    assert runs.config_drift(str(tmp_path / "run"), expected) == [
         "seed: ran 0, the grid runs 1",
         "train.early_stop_min_delta: ran '(absent)', the grid runs 0.002",
         "model.dropout_rate: ran 0.2, the grid runs 0.5",
@@ -47,9 +47,9 @@ def test_a_student_run_before_the_shuffled_row_order_is_named(tmp_path):
     ran = expected.to_dict()
     del ran["table"]["row_order"]  # recorded before the field existed: the id order
     write_run_config(tmp_path / "run", ran)
-    assert reproduce.config_drift(str(tmp_path / "run"), expected) == ["table.row_order_seed: ran None, the grid runs 0"]
+    assert runs.config_drift(str(tmp_path / "run"), expected) == ["table.row_order_seed: ran None, the grid runs 0"]
     teacher = reproduce.config_from_overrides("tmall", "teacher", ())
     ran = teacher.to_dict()
     del ran["table"]["row_order"]
     write_run_config(tmp_path / "teacher", ran)
-    assert reproduce.config_drift(str(tmp_path / "teacher"), teacher) == []  # a dense table has no row order
+    assert runs.config_drift(str(tmp_path / "teacher"), teacher) == []  # a dense table has no row order

@@ -169,3 +169,22 @@ def test_a_sweep_file_reads_a_machine_path_from_the_environment(monkeypatch):
     sweep = sweeps.load_sweep(path)
     assert sweep.base["teacher_workdir"] == "/runs/tmall/teacher_s0"
     assert [run.name for run in sweeps.expand(sweep)] == ["table.row_order=shuffled"]
+
+
+def test_a_started_run_of_another_recipe_is_refused_before_anything_trains(tmp_path):
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(SWEEP)
+    root = tmp_path / "runs"
+    sweep = sweeps.load_sweep(str(sweep_file))
+    run = sweeps.expand(sweep)[0]
+    started = sweeps.build_config(sweep, run)
+    started.train.learning_rate = 0.01  # the sweep's recipe has changed since this run started
+    (root / run.name).mkdir(parents=True)
+    (root / run.name / "config.json").write_text(json.dumps(started.to_dict()))
+
+    result = subprocess.run(sweep_command(sweep_file, root, "--novmap"), cwd=REPO, env=sweep_env(), capture_output=True, text=True)
+
+    assert result.returncode == 1
+    assert f"{root / run.name} was started under another recipe than the sweep's" in result.stderr
+    assert "train.learning_rate: ran 0.01, the sweep runs 0.001" in result.stderr
+    assert sorted(path.name for path in root.iterdir()) == [run.name]  # nothing else started

@@ -27,6 +27,7 @@ def get_sweep():
             "data.valid_fraction": 0.0,
             "train.refit_on_valid": False,
             "train.num_epochs": 3,
+            "table.row_order": "id",  # the grid's main_s0 it is compared with read its table in id order
         },
         "zip": {"table.kind": ["dense", "sttd"]},
     }

@@ -20,7 +20,12 @@ def get_sweep():
     teacher_workdir = sweeps.required_env("TMALL_TEACHER", __file__, "the grid's Tmall teacher workdir (ROOT/tmall/teacher_s0)")
     return {
         "config": "configs/tmall.py:student,full",
-        "base": {"teacher_workdir": teacher_workdir, "train.refit_on_valid": False, "train.num_epochs": 3},
+        "base": {
+            "teacher_workdir": teacher_workdir,
+            "train.refit_on_valid": False,
+            "train.num_epochs": 3,
+            "table.row_order": "id",  # as these runs were made, before Tmall's default became shuffled
+        },
         "zip": {
             "table.kind": ["sttd", "dense", "sttd", "sttd"],
             "table.ranks": [[120], [60], [60], [60]],
