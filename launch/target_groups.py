@@ -1,13 +1,14 @@
-"""Test HR@20 / MRR@20 of trained models, split by where each test target stands in time.
+"""HR@20 / MRR@20 of trained models by kind of target: where it stands in time, and whether the session already holds it.
 
   python -m launch.target_groups --data_dir=../shared/data --dataset=tmall \\
       --model=/work/runs/odrec/tmall/teacher_s0:select --model=/work/runs/odrec/tmall/teacher_s0:best
 
-The groups (new_in_valid, rising, steady, unseen) and why: rec_kd/target_groups.py. They are cut
-from the train and valid splits as `--valid_fraction` defines them, so models trained with any
-valid split (or none) are scored on the same groups. Each model is WORKDIR or WORKDIR:CHECKPOINT
+The groups and why: rec_kd/target_groups.py. On test: new_in_valid, rising, steady and unseen,
+cut from the train and valid splits as `--valid_fraction` defines them, so models trained with
+any valid split (or none) are scored on the same groups; and repeat / new_to_session. On valid
+(`--split=valid`): repeat / new_to_session. Each model is WORKDIR or WORKDIR:CHECKPOINT
 (best, the default: the shipped model; select: a refit run's validation-selected one). Prints a
-markdown table whose `all` column is the run's own test HR@20 / MRR@20; `--json_out` also writes
+markdown table whose `all` column is the run's own HR@20 / MRR@20 on that split; `--json_out` also writes
 the numbers.
 """
 
@@ -27,7 +28,8 @@ _DATASET = flags.DEFINE_string("dataset", "tmall", "A benchmark dataset whose se
 _VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Valid split that defines the groups (the grid's).")
 _RISING_FACTOR = flags.DEFINE_float("rising_factor", 4.0, "A target is rising when its valid share is at least this times its train share.")
 _MODELS = flags.DEFINE_multi_string("model", None, "WORKDIR or WORKDIR:CHECKPOINT; repeat for more (sweep workdir names hold commas).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "Test examples scored at once.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "valid"], "Split scored; valid gets the repeat groups only.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "Examples scored at once.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers as JSON.")
 
 
@@ -40,7 +42,11 @@ def main(argv):
     except ConfigError as error:
         sys.exit(str(error))
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value, valid_fraction=_VALID_FRACTION.value)
-    groups = groups_lib.target_groups(data.train.targets, data.valid.targets, data.test.targets, data.num_items, _RISING_FACTOR.value)
+    split = data.test if _SPLIT.value == "test" else data.valid
+    groups = groups_lib.repeat_groups(split)
+    if _SPLIT.value == "test":
+        targets = (data.train.targets, data.valid.targets, data.test.targets)
+        groups = {**groups_lib.target_groups(*targets, data.num_items, _RISING_FACTOR.value), **groups}
     results = {}
     for workdir, checkpoint in models:
         try:
@@ -48,10 +54,10 @@ def main(argv):
         except ConfigError as error:
             sys.exit(str(error))
         label = f"{os.path.basename(os.path.dirname(workdir.rstrip('/')))}/{os.path.basename(workdir.rstrip('/'))}:{checkpoint}"
-        results[label] = groups_lib.group_metrics(groups_lib.ranks_on_split(trained, data.test, _BATCH_SIZE.value), groups)
+        results[label] = groups_lib.group_metrics(groups_lib.ranks_on_split(trained, split, _BATCH_SIZE.value), groups)
     print(
-        f"Test HR@20 / MRR@20 by target group ({data.name}, groups from valid_fraction={_VALID_FRACTION.value}, "
-        f"rising_factor={_RISING_FACTOR.value}; each group's share of the test examples in brackets)"
+        f"{_SPLIT.value} HR@20 / MRR@20 by target group ({data.name}, valid_fraction={_VALID_FRACTION.value}, "
+        f"rising_factor={_RISING_FACTOR.value}; each group's share of the examples in brackets)"
     )
     print(groups_lib.markdown_table(results))
     if _JSON_OUT.value:

@@ -67,3 +67,12 @@ def test_a_model_spec_names_its_checkpoint_or_defaults_to_best(tmp_path):
     assert target_groups.parse_model(str(tmp_path)) == (str(tmp_path), "best")
     with pytest.raises(ConfigError, match="no such run folder"):
         target_groups.parse_model(f"{tmp_path}/missing:best")
+
+
+def test_a_repeat_is_a_target_among_the_examples_own_items():
+    items = np.array([[3, 5, 0, 0], [2, 0, 0, 0], [4, 4, 1, 0]], np.int32)
+    lengths = np.array([2, 1, 3], np.int32)
+    split = session_data.Split(items=items, lengths=lengths, targets=np.array([5, 3, 4], np.int32), full_lengths=lengths)
+    groups = target_groups.repeat_groups(split)
+    assert groups["repeat"].tolist() == [True, False, True]
+    assert groups["new_to_session"].tolist() == [False, True, False]
