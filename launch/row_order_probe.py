@@ -5,7 +5,7 @@
 
 For each order, fits the cores of the dataset's main STTD table (configs/DATASET.py:student) to
 the teacher's select-phase item table (trained on train only), minimising the squared error
-weighted by each item's clicks in the train split (plus one), then puts the fitted table into the
+weighted by each item's frequency in the train split (`row_order.click_counts`, plus one), then puts the fitted table into the
 teacher's network in place of its own and scores valid and test. Prints one line per order: the
 weighted relative error, valid HR@20 / MRR@20, and test HR@20 overall and on steady targets
 (rec_kd/target_groups.py).
@@ -15,8 +15,8 @@ product of factor rows that items share by their ids' digits. Which items share 
 order's choice, and this measures it without the hours a trained student takes. Orders:
 - id: item i on row i (the paper's; ids follow first appearance);
 - shuffled: the model's `table.row_order='shuffled'` rows (seed 0);
-- popularity: most clicked on the first rows (the most clicked share first-core rows);
-- spread: no two of the I_1 most clicked items share a factor row.
+- popularity: most frequent on the first rows (the most frequent share first-core rows);
+- spread: no two of the I_1 most frequent items share a factor row.
 The maps are rec_kd/row_order.py's.
 """
 

@@ -308,9 +308,12 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         scores = g.op("Gemm", session, table, transB=1)  # (B, rows of the table)
     else:
         scores = factored_scores(g, cores, spec, session)  # (B, P)
-    if row_of is not None and not table:
+    if row_of is not None and factored:
         # Factored scores come in table-row order: take items 1..N's rows, in item order.
-        real = g.op("Gather", scores, g.constant(item_rows[1:]), axis=1)  # (B, N)
+        real_rows = g.op(
+            "Slice", row_of, g.constant(np.asarray([1], np.int64)), g.constant(np.asarray([num_items + 1], np.int64))
+        )  # (N,): the map is stored once
+        real = g.op("Gather", scores, real_rows, axis=1)  # (B, N)
     else:
         # Candidates are items 1..N: the padding row and rows past num_items are cut off here.
         real = g.op(

@@ -85,8 +85,9 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         results["embedding_compression"] = dense_rows * dim / item_table
         if row_order_seed(config) is not None:
             # The item -> row map is not a parameter, but an exported model stores it (int32, N + 1),
-            # unless the app relabels its catalogue in row order instead.
+            # unless the app relabels its catalogue in row order instead: both ratios are reported.
             results["bytes"]["item_rows_int32"] = 4 * (data.num_items + 1)
+            results["embedding_compression_with_row_map"] = dense_rows * dim / (item_table + data.num_items + 1)
         results["model_compression"] = count_params(teacher.params) / inference_total
         results["teacher_workdir"] = teacher.workdir
         results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)

@@ -27,7 +27,12 @@ def shuffled_item_rows(num_rows: int, num_items: int, seed: int) -> np.ndarray:
 
 
 def click_counts(data: session_data.SessionData) -> np.ndarray:
-    """(N + 1,) clicks of each item in the train split: its prefixes' items and its targets."""
+    """(N + 1,) occurrences of each item in the train split's prefixes, plus its count as a target.
+
+    Not clicks: an item early in a session of n clicks appears in about n prefixes, so long
+    sessions weigh more (`data.item_counts` with hot_counting='clicks' counts each click once).
+    The probe's numbers in docs/method.md were measured with this count.
+    """
     size = data.num_items + 1
     items = data.train.items[data.train.items > 0]
     return np.bincount(data.train.targets, minlength=size) + np.bincount(items, minlength=size)
@@ -45,7 +50,8 @@ def spread_rows(counts: np.ndarray, item_factors: tuple[int, int]) -> np.ndarray
     """(N + 1,) rows of a 2-core table: the k-th most clicked id on core indices (k mod I_1, (k // I_1 + k mod I_1) mod I_2).
 
     Every run of I_1 consecutive popularity ranks gets distinct first and distinct second indices,
-    so no two of the I_1 most clicked items share a factor row. Padding (no clicks) goes last.
+    so no two of the I_1 most clicked items share a factor row. Padding (id 0, no clicks) ranks
+    first among the items without clicks (a stable sort); its row is never read for an item.
     """
     first, second = item_factors
     if len(counts) > first * second:

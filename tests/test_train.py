@@ -143,7 +143,13 @@ def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
     for devices in (1, 4):
         workdir = tmp_path / f"student_{devices}"
         run_main(
-            "tmall.py:student,smoke", workdir, data_dir, *TMALL_SMOKE, f"--config.teacher_workdir={tmall_teacher}", num_devices=devices
+            "tmall.py:student,smoke",
+            workdir,
+            data_dir,
+            *TMALL_SMOKE,
+            f"--config.teacher_workdir={tmall_teacher}",
+            "--config.table.row_order=shuffled",  # the full-data default; smoke runs keep the id order
+            num_devices=devices,
         )
         losses[devices] = train_losses(workdir)
         student = results(workdir)
@@ -152,6 +158,8 @@ def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
     assert student["stage"] == "student" and student["variant"] == "full"
     assert student["params"]["item_table"] == 191_160
     assert student["embedding_compression"] == pytest.approx(40729 * 128 / 191_160)
+    assert student["embedding_compression_with_row_map"] == pytest.approx(40729 * 128 / (191_160 + 40_728))
+    assert student["bytes"]["item_rows_int32"] == 4 * 40_728
     assert set(student["losses"]) == {"rec", "kd", "cl", "pred", "total"}
     assert student["model_compression"] > 10
 
