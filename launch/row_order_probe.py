@@ -5,7 +5,7 @@
 
 For each order, fits the cores of the dataset's main STTD table (configs/DATASET.py:student) to
 the teacher's select-phase item table (trained on train only), minimising the squared error
-weighted by each item's frequency in the train split (`row_order.click_counts`, plus one), then puts the fitted table into the
+weighted by each item's frequency in the train split (`row_order.prefix_and_target_counts`, plus one), then puts the fitted table into the
 teacher's network in place of its own and scores valid and test. Prints one line per order: the
 weighted relative error, valid HR@20 / MRR@20, and test HR@20 overall and on steady targets
 (rec_kd/target_groups.py).
@@ -93,7 +93,7 @@ def main(argv):
     if spec.num_cores != 2:
         raise app.UsageError(f"{_DATASET.value}: the probe's spread order is written for 2 cores, the main table has {spec.num_cores}")
     teacher = runs.load_trained(_TEACHER.value, data.num_items, checkpoint="select")
-    counts = row_order.click_counts(data)
+    counts = row_order.prefix_and_target_counts(data)
     weights = (counts + 1.0) / (counts + 1.0).sum()
     groups = target_groups.target_groups(data.train.targets, data.valid.targets, data.test.targets, data.num_items, 4.0)
     everything = {"all": np.ones(len(data.valid), bool)}

@@ -26,7 +26,7 @@ def shuffled_item_rows(num_rows: int, num_items: int, seed: int) -> np.ndarray:
     return np.concatenate([[0], rows]).astype(np.int32)
 
 
-def click_counts(data: session_data.SessionData) -> np.ndarray:
+def prefix_and_target_counts(data: session_data.SessionData) -> np.ndarray:
     """(N + 1,) occurrences of each item in the train split's prefixes, plus its count as a target.
 
     Not clicks: an item early in a session of n clicks appears in about n prefixes, so long
