@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from rec_kd import defaults, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
-from rec_kd.runs import config_drift, read_run_config
+from rec_kd.runs import read_run_config
 
 ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
 SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
@@ -213,23 +213,21 @@ def main(argv):
             print(" ".join(cmd))
         elif mismatch:
             sys.exit(f"{workdir}/config.json: {mismatch}; use another --root")
-        elif sweeps.run_is_finished(workdir):
-            skipped += 1
-            drift = config_drift(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides))
-            if drift:
-                logging.warning(
-                    "%s finished under another recipe than this grid's (%s); it is kept and skipped: move it out of the root to rerun it.",
-                    workdir,
-                    "; ".join(drift),
-                )
         else:
-            started = os.path.exists(os.path.join(workdir, "config.json"))
-            drift = config_drift(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides)) if started else []
-            if drift:
-                sys.exit(
-                    f"{workdir} was started under another recipe than this grid's ({'; '.join(drift)}); "
-                    "resuming it would mix the two: move it out of the root to start it again"
-                )
+            try:
+                drift = sweeps.check_recipe(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides), "the grid")
+            except sweeps.SweepError as error:
+                sys.exit(str(error))
+            if sweeps.run_is_finished(workdir):
+                skipped += 1
+                if drift:
+                    logging.warning(
+                        "%s finished under another recipe than this grid's (%s); it is kept and skipped: "
+                        "move it out of the root to rerun it.",
+                        workdir,
+                        "; ".join(drift),
+                    )
+                continue
             job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
             (teachers if run.row == "teacher" else students).append(job)
     if _DRY_RUN.value:

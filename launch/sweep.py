@@ -24,7 +24,6 @@ from absl import app, flags, logging
 from rec_kd import checkpointing, distributed, sweeps, train
 from rec_kd.data import DataError
 from rec_kd.defaults import ConfigError
-from rec_kd.runs import config_drift
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a Python file with get_sweep()).")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs, ROOT/RUN_NAME (outside the repository).")
@@ -54,19 +53,12 @@ def train_members_now(sweep: sweeps.Sweep, runs: list[sweeps.SweepRun], root: st
 
 def refuse_mixed_recipes(sweep: sweeps.Sweep, runs: list[sweeps.SweepRun], root: str) -> None:
     """Warns of finished runs made under another recipe than the sweep's now (they stay and are
-    skipped); a started, unfinished one is a SweepError, since resuming it would train one run under two."""
+    skipped); a started, unfinished one is a SweepError (sweeps.check_recipe)."""
     for run in runs:
         workdir = os.path.join(root, run.name)
-        if not os.path.exists(os.path.join(workdir, "config.json")):
-            continue
-        drift = config_drift(workdir, sweeps.build_config(sweep, run), launcher="the sweep")
-        if drift and sweeps.run_is_finished(workdir):
+        drift = sweeps.check_recipe(workdir, sweeps.build_config(sweep, run), "the sweep")
+        if drift:
             logging.warning("%s finished under another recipe than the sweep's (%s); it is kept and skipped.", workdir, "; ".join(drift))
-        elif drift:
-            raise sweeps.SweepError(
-                f"{workdir} was started under another recipe than the sweep's ({'; '.join(drift)}); "
-                "resuming it would mix the two: move it out of the root to start it again"
-            )
 
 
 def units_of_work(sweep: sweeps.Sweep, runs: list[sweeps.SweepRun], vmap: bool) -> list[list[sweeps.SweepRun]]:

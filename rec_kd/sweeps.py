@@ -30,6 +30,7 @@ from typing import Any
 import ml_collections
 
 from rec_kd import members
+from rec_kd.runs import config_drift
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,6 +146,23 @@ def build_config(sweep: Sweep, run: SweepRun) -> ml_collections.ConfigDict:
             raise SweepError(f"{sweep.path}: {field}={value!r}: {error}") from None
     config.lock()
     return config
+
+
+def check_recipe(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
+    """How a run already in `workdir` differs from the recipe `launcher` runs now (runs.config_drift).
+
+    A finished run's drift is returned, for the caller to warn of and skip the run. A started,
+    unfinished run with drift is a SweepError: resuming it would train one run under two recipes.
+    """
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return []
+    drift = config_drift(workdir, expected, launcher=launcher)
+    if drift and not run_is_finished(workdir):
+        raise SweepError(
+            f"{workdir} was started under another recipe than {launcher}'s ({'; '.join(drift)}); "
+            "resuming it would mix the two: move it out of the root to start it again"
+        )
+    return drift
 
 
 def run_is_finished(workdir: str) -> bool:

@@ -16,6 +16,7 @@ session's own items? Tmall sessions repeat items often, and a model can score we
 re-recommending what the session holds; the two groups show how much of a model's HR@20 is that.
 """
 
+import functools
 import os
 
 import jax
@@ -79,25 +80,27 @@ def parse_model(spec: str) -> tuple[str, str]:
     return workdir, checkpoint
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_ranks(model, params, items, lengths, targets):
+    """(B,) target ranks; the model (a hashable Flax module) is static, so one program serves every call."""
+    scores = model.apply({"params": params}, items, lengths)["scores"]
+    return evaluation.target_ranks(scores, targets)
+
+
 def ranks_on_split(trained: runs.TrainedModel, split: session_data.Split, batch_size: int) -> np.ndarray:
-    """(n,) 0-based rank of each test target over the whole catalogue, in the split's order.
+    """(n,) 0-based rank of each target over the whole catalogue, in the split's order.
 
     Batches keep the full max_len and a fixed size (the last one padded), so one program scores
-    them all; the model masks the padding positions itself.
+    them all, for every split and every model of the same shape; the model masks the padding
+    positions itself.
     """
-
-    @jax.jit
-    def ranks_of(params, items, lengths, targets):
-        scores = trained.model.apply({"params": params}, items, lengths)["scores"]
-        return evaluation.target_ranks(scores, targets)
-
     n = len(split)
     out = []
     for start in range(0, n, batch_size):
         rows = np.arange(start, start + batch_size)
         real = rows < n
         rows = np.where(real, rows, 0)  # padding rows repeat example 0 and are dropped below
-        ranks = ranks_of(trained.params, split.items[rows], split.lengths[rows], split.targets[rows])
+        ranks = _batch_ranks(trained.model, trained.params, split.items[rows], split.lengths[rows], split.targets[rows])
         out.append(np.asarray(ranks)[real])
     return np.concatenate(out)
 

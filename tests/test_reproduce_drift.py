@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
+
 from launch import reproduce
-from rec_kd import defaults, runs
+from rec_kd import defaults, runs, sweeps
 
 
 def write_run_config(workdir, config_dict: dict) -> None:
@@ -53,3 +55,15 @@ def test_a_student_run_before_the_shuffled_row_order_is_named(tmp_path):
     del ran["table"]["row_order"]
     write_run_config(tmp_path / "teacher", ran)
     assert runs.config_drift(str(tmp_path / "teacher"), teacher) == []  # a dense table has no row order
+
+
+def test_a_started_run_with_drift_is_refused_and_a_finished_one_is_named(tmp_path):
+    expected = reproduce.config_from_overrides("tmall", "student", ())
+    ran = expected.to_dict()
+    ran["distill"]["kd_weight"] = 0.5
+    write_run_config(tmp_path / "run", ran)
+    with pytest.raises(sweeps.SweepError, match=r"run was started under another recipe than the grid's \(distill.kd_weight: ran 0.5"):
+        sweeps.check_recipe(str(tmp_path / "run"), expected, "the grid")
+    (tmp_path / "run" / "results.json").write_text("{}")  # finished: kept and skipped, its drift named
+    assert sweeps.check_recipe(str(tmp_path / "run"), expected, "the grid") == ["distill.kd_weight: ran 0.5, the grid runs 0.8"]
+    assert sweeps.check_recipe(str(tmp_path / "never_started"), expected, "the grid") == []
