@@ -116,7 +116,12 @@ def run_grid(root: str) -> None:
             cmd, workdir = reproduce.command(run, root), os.path.join(root, run.dataset, run.name)
             if FLAGS.dry_run:
                 print(" ".join(cmd))
-            elif not sweeps.run_is_finished(workdir):
+                continue
+            try:
+                sweeps.check_recipe(workdir, reproduce.config_from_overrides(run.dataset, run.config_arg, run.overrides), "the table grid")
+            except sweeps.SweepError as error:
+                sys.exit(str(error))
+            if not sweeps.run_is_finished(workdir):
                 jobs.append(sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log")))
     if FLAGS.dry_run:
         return

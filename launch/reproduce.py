@@ -215,18 +215,11 @@ def main(argv):
             sys.exit(f"{workdir}/config.json: {mismatch}; use another --root")
         else:
             try:
-                drift = sweeps.check_recipe(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides), "the grid")
+                sweeps.check_recipe(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides), "the grid")
             except sweeps.SweepError as error:
                 sys.exit(str(error))
             if sweeps.run_is_finished(workdir):
                 skipped += 1
-                if drift:
-                    logging.warning(
-                        "%s finished under another recipe than this grid's (%s); it is kept and skipped: "
-                        "move it out of the root to rerun it.",
-                        workdir,
-                        "; ".join(drift),
-                    )
                 continue
             job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
             (teachers if run.row == "teacher" else students).append(job)

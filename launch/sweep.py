@@ -56,9 +56,7 @@ def refuse_mixed_recipes(sweep: sweeps.Sweep, runs: list[sweeps.SweepRun], root:
     skipped); a started, unfinished one is a SweepError (sweeps.check_recipe)."""
     for run in runs:
         workdir = os.path.join(root, run.name)
-        drift = sweeps.check_recipe(workdir, sweeps.build_config(sweep, run), "the sweep")
-        if drift:
-            logging.warning("%s finished under another recipe than the sweep's (%s); it is kept and skipped.", workdir, "; ".join(drift))
+        sweeps.check_recipe(workdir, sweeps.build_config(sweep, run), "the sweep")
 
 
 def units_of_work(sweep: sweeps.Sweep, runs: list[sweeps.SweepRun], vmap: bool) -> list[list[sweeps.SweepRun]]:

@@ -13,11 +13,11 @@ import jax
 import ml_collections
 from absl import logging
 
-from rec_kd import checkpointing
+from rec_kd import checkpointing, compress
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
 from rec_kd.models import build_model, init_model_params
-from rec_kd.models.sasrec import row_order_seed
+from rec_kd.models.sasrec import row_order_seed, table_kind, table_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,28 +135,85 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
     return teacher
 
 
-DRIFT_SECTIONS = ("train", "model", "distill")  # what decides a run's numbers, paths aside
+# Fields that never change a run's numbers: where it reads and writes, how often it logs and saves,
+# how it spreads over processes, how many examples one evaluation batch holds. `data.path` is in
+# `dataset` (absolute). The table is compared by `table_recipe`, not field by field.
+NOT_RECIPE = (
+    "data_dir",
+    "teacher_workdir",
+    "distributed",
+    "table",
+    "data.path",
+    "train.checkpoint_every_steps",
+    "train.log_every_steps",
+    "train.eval_batch_size",
+)
 
 
-def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def table_recipe(config: ml_collections.ConfigDict) -> dict:
+    """The table fields that decide a run's numbers: its kind, that kind's own sizes, the row order.
+
+    A teacher's table is dense whatever its table section says, and a kind ignores the other
+    kinds' options, so only these are compared. `row_order_seed` is the effective one (None: the
+    id order, also for kinds that have no row order).
+    """
+    kind = table_kind(config)
+    fields = {"kind": kind}
+    if kind == "dense":
+        return fields
+    fields.update(table_options(config.table, kind))
+    if kind in compress.OPTION_KINDS:
+        fields["budget"] = config.table.get("budget", 0)
+    else:
+        fields["target_compression"] = config.table.get("target_compression", 0)
+    fields["row_order_seed"] = row_order_seed(config)
+    return {f"table.{name}": value for name, value in fields.items()}
+
+
+def recipe(config: ml_collections.ConfigDict) -> dict:
+    """What decides a run's numbers, flat ('train.learning_rate' -> value, sorted by name), in JSON's types (tuples as lists)."""
+    flat = flatten(json.loads(json.dumps(config.to_dict())))
+    kept = {name: value for name, value in flat.items() if not any(name == f or name.startswith(f + ".") for f in NOT_RECIPE)}
+    return dict(sorted((kept | json.loads(json.dumps(table_recipe(config)))).items()))
+
+
+def filled_when_resolved(name: str, value, expected: dict) -> bool:
+    """An unresolved config's table size that the run fills from its catalogue (models.resolve_table_config).
+
+    Sizes left at 0 or empty are chosen when the run starts, and STTD / TT with empty item_factors
+    choose their dim_factors and ranks too; a launcher compares its unresolved recipe with a run's
+    resolved config.json, so these are not drift.
+    """
+    if not name.startswith("table.") or name in ("table.kind", "table.row_order_seed"):
+        return False
+    if name in ("table.dim_factors", "table.ranks") and not expected.get("table.item_factors", True):
+        return True
+    return value in ("", []) or (type(value) in (int, float) and value == 0)  # not False: a bool is set
+
+
+def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid", resolved: bool = False) -> list[str]:
     """Where the run recorded in `workdir`/config.json differs from `expected`, field by field.
 
     Why: a launcher (launch/reproduce.py, launch/sweep.py) skips a finished run and resumes an
-    unfinished one, so after a default changed (a new early-stopping rule, say) it would silently
-    mix runs of two recipes, or two recipes in one run. `launcher` names it in the messages.
-    Only `seed`, the train, model and distill sections and the table's effective row order are
-    compared: paths and the resolved table legitimately differ in form.
+    unfinished one, and `rec_kd.main` resumes whatever workdir it is given, so after a default
+    changed (a new early-stopping rule, say) they would silently mix runs of two recipes, or two
+    recipes in one run. Every field of `recipe` is compared. `launcher` names the caller in the
+    messages; `resolved` says `expected` has its table resolved for the catalogue, as a run's
+    config.json has (else the sizes a run fills in are not compared).
     """
-    ran_config = read_run_config(workdir)
-    ran = ran_config.to_dict()
-    pairs = [("seed", ran.get("seed", "(absent)"), expected.seed)]
-    for section in DRIFT_SECTIONS:
-        recorded = ran.get(section, {})
-        pairs += [(f"{section}.{key}", recorded.get(key, "(absent)"), value) for key, value in expected[section].to_dict().items()]
-    # Of the table, only the item -> row order changes a run's numbers here (None: the id order).
-    pairs.append(("table.row_order_seed", row_order_seed(ran_config), row_order_seed(expected)))
+    ran = recipe(read_run_config(workdir))
+    wanted = recipe(expected)
     return [
-        f"{name}: ran {ran_value!r}, {launcher} runs {value!r}"
-        for name, ran_value, value in pairs
-        if ran_value != json.loads(json.dumps(value))  # tuples read back as lists
+        f"{name}: ran {ran.get(name, '(absent)')!r}, {launcher} runs {value!r}"
+        for name, value in wanted.items()
+        if ran.get(name, "(absent)") != value and (resolved or not filled_when_resolved(name, value, wanted))
     ]

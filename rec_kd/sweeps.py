@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from rec_kd import members
 from rec_kd.runs import config_drift
@@ -151,8 +152,9 @@ def build_config(sweep: Sweep, run: SweepRun) -> ml_collections.ConfigDict:
 def check_recipe(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
     """How a run already in `workdir` differs from the recipe `launcher` runs now (runs.config_drift).
 
-    A finished run's drift is returned, for the caller to warn of and skip the run. A started,
-    unfinished run with drift is a SweepError: resuming it would train one run under two recipes.
+    A finished run's drift is logged as a warning and returned (the run is kept and skipped). A
+    started, unfinished run with drift is a SweepError: resuming it would train one run under two
+    recipes (rec_kd.main would refuse it too, but only once its turn came).
     """
     if not os.path.exists(os.path.join(workdir, "config.json")):
         return []
@@ -161,6 +163,13 @@ def check_recipe(workdir: str, expected: ml_collections.ConfigDict, launcher: st
         raise SweepError(
             f"{workdir} was started under another recipe than {launcher}'s ({'; '.join(drift)}); "
             "resuming it would mix the two: move it out of the root to start it again"
+        )
+    if drift:
+        logging.warning(
+            "%s finished under another recipe than %s's (%s); it is kept and skipped: move it out of the root to rerun it.",
+            workdir,
+            launcher,
+            "; ".join(drift),
         )
     return drift
 

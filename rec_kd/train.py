@@ -119,13 +119,38 @@ class Training:
 
 
 def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.SessionData) -> None:
-    """Resolves each member's table for this catalogue and writes its config.json (process 0)."""
+    """Resolves each member's table for this catalogue and writes its config.json (process 0).
+
+    A workdir that already trained (a checkpoint or results.json) must be resumed under the recipe
+    it started with (check_resumed_recipe), so nothing is written before every member is checked.
+    """
     for member_config, workdir in zip(configs, workdirs, strict=True):
         resolve_table_config(member_config, data.num_items, data.hot_mask)
+        check_resumed_recipe(workdir, member_config)
+    for member_config, workdir in zip(configs, workdirs, strict=True):
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(member_config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """A ConfigError when `workdir` already trained under another recipe than `config` (resolved).
+
+    Why: resuming would train one run under two recipes (a default changed since it started, or an
+    override was added or forgotten), and its results.json would claim the new one. Fields that do
+    not change numbers (paths, logging and checkpoint intervals) may differ: runs.NOT_RECIPE.
+    """
+    started = runs.has_checkpoint(workdir, "latest") or os.path.exists(os.path.join(workdir, "results.json"))
+    if not started or not os.path.exists(os.path.join(workdir, "config.json")):
+        return
+    drift = runs.config_drift(workdir, config, launcher="this command", resolved=True)
+    if drift:
+        raise ConfigError(
+            f"{workdir}/config.json: the run there started under another recipe ({'; '.join(drift)}); resuming it "
+            "would mix the two. Rerun it with its recorded settings, use a new --workdir, or, to go on under the new "
+            "settings on purpose, write them into its config.json first"
+        )
 
 
 def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | None) -> Training:
