@@ -6,14 +6,15 @@
 The groups and why: rec_kd/target_groups.py. On test: new_in_valid, rising, steady and unseen,
 cut from the train and valid splits as `--valid_fraction` defines them, so models trained with
 any valid split (or none) are scored on the same groups; and repeat / new_to_session. On valid
-(`--split=valid`): repeat / new_to_session. Each model is WORKDIR or WORKDIR:CHECKPOINT
+(`--split=valid`): repeat / new_to_session. `--top_clicked=N` cuts new_to_session once more, by
+whether the target is among the N most clicked train items (what full rows for hot items could
+win back). Each model is WORKDIR or WORKDIR:CHECKPOINT
 (best, the default: the shipped model; select: a refit run's validation-selected one). Prints a
 markdown table whose `all` column is the run's own HR@20 / MRR@20 on that split; `--json_out` also writes
 the numbers.
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -30,6 +31,9 @@ _RISING_FACTOR = flags.DEFINE_float("rising_factor", 4.0, "A target is rising wh
 _MODELS = flags.DEFINE_multi_string("model", None, "WORKDIR or WORKDIR:CHECKPOINT; repeat for more (sweep workdir names hold commas).")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "valid"], "Split scored; valid gets the repeat groups only.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "Examples scored at once.")
+_TOP_CLICKED = flags.DEFINE_integer(
+    "top_clicked", 0, "Also cut the new-to-session examples by whether the target is among this many most clicked train items (0: no)."
+)
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers as JSON.")
 
 
@@ -39,21 +43,23 @@ def main(argv):
         raise app.UsageError("--model: give at least one WORKDIR or WORKDIR:CHECKPOINT")
     try:
         models = [groups_lib.parse_model(spec) for spec in _MODELS.value]
+        labels = groups_lib.model_labels(models)
     except ConfigError as error:
         sys.exit(str(error))
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value, valid_fraction=_VALID_FRACTION.value)
     split = data.test if _SPLIT.value == "test" else data.valid
     groups = groups_lib.repeat_groups(split)
+    if _TOP_CLICKED.value:
+        groups |= groups_lib.most_clicked_new_groups(split, data.item_counts, _TOP_CLICKED.value)
     if _SPLIT.value == "test":
         targets = (data.train.targets, data.valid.targets, data.test.targets)
         groups = {**groups_lib.target_groups(*targets, data.num_items, _RISING_FACTOR.value), **groups}
     results = {}
-    for workdir, checkpoint in models:
+    for (workdir, checkpoint), label in zip(models, labels, strict=True):
         try:
             trained = runs.load_trained(workdir, data.num_items, checkpoint=checkpoint)
         except ConfigError as error:
             sys.exit(str(error))
-        label = f"{os.path.basename(os.path.dirname(workdir.rstrip('/')))}/{os.path.basename(workdir.rstrip('/'))}:{checkpoint}"
         results[label] = groups_lib.group_metrics(groups_lib.ranks_on_split(trained, split, _BATCH_SIZE.value), groups)
     print(
         f"{_SPLIT.value} HR@20 / MRR@20 by target group ({data.name}, valid_fraction={_VALID_FRACTION.value}, "

@@ -14,6 +14,7 @@ every model is scored on the same groups:
 A second split of any split's examples, `repeat_groups`: is the target already among the
 session's own items? Tmall sessions repeat items often, and a model can score well by
 re-recommending what the session holds; the two groups show how much of a model's HR@20 is that.
+`most_clicked_new_groups` cuts the new-to-session examples once more, by the target's popularity.
 """
 
 import functools
@@ -56,6 +57,21 @@ def repeat_groups(split: session_data.Split) -> dict[str, np.ndarray]:
     return {"repeat": repeat, "new_to_session": ~repeat}
 
 
+def most_clicked_new_groups(split: session_data.Split, item_counts: np.ndarray, top: int) -> dict[str, np.ndarray]:
+    """The examples new to the session, cut by whether the target is among the `top` most clicked train items.
+
+    Why: a table that gives full rows to its hottest items (a hot/cold split) can only win back
+    the new-to-session targets among them. Ties in `item_counts` (SessionData.item_counts, the
+    counts hot items are picked by) go to the lower id, as in data.hot_item_mask.
+    """
+    by_clicks = np.lexsort((np.arange(len(item_counts)), -item_counts))  # most clicked first, ties by id
+    rank = np.empty(len(item_counts), np.int64)
+    rank[by_clicks] = np.arange(len(item_counts))
+    new = repeat_groups(split)["new_to_session"]
+    top_clicked = rank[split.targets] < top
+    return {f"new_top{top}": new & top_clicked, f"new_beyond{top}": new & ~top_clicked}
+
+
 def group_metrics(ranks: np.ndarray, groups: dict[str, np.ndarray], k: int = 20) -> dict[str, dict[str, float]]:
     """{group or 'all': {'share', 'hr@k', 'mrr@k'}} from 0-based target ranks; an empty group scores 0."""
     ranks = np.asarray(ranks)
@@ -78,6 +94,20 @@ def parse_model(spec: str) -> tuple[str, str]:
     if not os.path.isdir(workdir):
         raise ConfigError(f"{workdir}: no such run folder (from --model={spec})")
     return workdir, checkpoint
+
+
+def model_labels(models: list[tuple[str, str]]) -> list[str]:
+    """Table labels of (workdir, checkpoint) pairs: 'PARENT/NAME:CHECKPOINT', or the whole path where two would collide.
+
+    Why: results are keyed by label, and two runs named alike under different roots (the grid's
+    main_s0 and an archived one, say) must not overwrite each other's row.
+    """
+    short = [f"{os.path.basename(os.path.dirname(w.rstrip('/')))}/{os.path.basename(w.rstrip('/'))}:{c}" for w, c in models]
+    full = [f"{os.path.abspath(w)}:{c}" for w, c in models]
+    labels = [full[i] if short.count(label) > 1 else label for i, label in enumerate(short)]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"--model names the same model twice: {sorted({label for label in labels if labels.count(label) > 1})}")
+    return labels
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -69,6 +69,13 @@ def test_a_model_spec_names_its_checkpoint_or_defaults_to_best(tmp_path):
         target_groups.parse_model(f"{tmp_path}/missing:best")
 
 
+def test_runs_named_alike_under_two_roots_keep_their_own_labels():
+    models = [("/runs/odrec/tmall/main_s0", "best"), ("/archive/tmall/main_s0", "best"), ("/runs/odrec/tmall/main_s0", "select")]
+    assert target_groups.model_labels(models) == ["/runs/odrec/tmall/main_s0:best", "/archive/tmall/main_s0:best", "tmall/main_s0:select"]
+    with pytest.raises(ConfigError, match=r"the same model twice: \['/runs/odrec/tmall/main_s0:best'\]"):
+        target_groups.model_labels([("/runs/odrec/tmall/main_s0", "best"), ("/runs/odrec/tmall/main_s0/", "best")])
+
+
 def test_a_repeat_is_a_target_among_the_examples_own_items():
     items = np.array([[3, 5, 0, 0], [2, 0, 0, 0], [4, 4, 1, 0]], np.int32)
     lengths = np.array([2, 1, 3], np.int32)
@@ -76,3 +83,14 @@ def test_a_repeat_is_a_target_among_the_examples_own_items():
     groups = target_groups.repeat_groups(split)
     assert groups["repeat"].tolist() == [True, False, True]
     assert groups["new_to_session"].tolist() == [False, True, False]
+
+
+def test_new_to_session_targets_are_cut_by_their_click_rank_with_ties_to_the_lower_id():
+    items = np.array([[3, 0], [2, 0], [1, 0], [4, 0]], np.int32)
+    lengths = np.array([1, 1, 1, 1], np.int32)
+    split = session_data.Split(items=items, lengths=lengths, targets=np.array([3, 1, 4, 2], np.int32), full_lengths=lengths)
+    counts = np.array([0, 5, 9, 5, 1])  # by clicks: item 2, then 1 and 3 tied (1 first), then 4
+    groups = target_groups.most_clicked_new_groups(split, counts, top=2)
+    # Example 0 repeats its item; the others' targets rank 1 (item 1), 3 (item 4) and 0 (item 2).
+    assert groups["new_top2"].tolist() == [False, True, False, True]
+    assert groups["new_beyond2"].tolist() == [False, False, True, False]
