@@ -7,8 +7,8 @@ For each order, fits the cores of the dataset's main STTD table (configs/DATASET
 the teacher's select-phase item table (trained on train only), minimising the squared error
 weighted by each item's frequency in the train split (`row_order.prefix_and_target_counts`, plus one), then puts the fitted table into the
 teacher's network in place of its own and scores valid and test. Prints one line per order: the
-weighted relative error, valid HR@20 / MRR@20, and test HR@20 overall and on steady targets
-(rec_kd/target_groups.py).
+weighted relative error, valid HR@20 / MRR@20 and HR@20 on targets new to the session, and test
+HR@20 overall and on steady targets (rec_kd/target_groups.py).
 
 Why: the student's lost HR@20 is on steady targets (docs/method.md, part 3), and an STTD row is a
 product of factor rows that items share by their ids' digits. Which items share them is the
@@ -96,7 +96,7 @@ def main(argv):
     counts = row_order.prefix_and_target_counts(data)
     weights = (counts + 1.0) / (counts + 1.0).sum()
     groups = target_groups.target_groups(data.train.targets, data.valid.targets, data.test.targets, data.num_items, 4.0)
-    everything = {"all": np.ones(len(data.valid), bool)}
+    valid_groups = target_groups.repeat_groups(data.valid)
     print(f"{_DATASET.value}: teacher {_TEACHER.value} (select), table {spec}, {_STEPS.value} steps a fit")
     for order in _ORDERS.value:
         start = time.time()
@@ -105,10 +105,11 @@ def main(argv):
         fitted = runs.TrainedModel(
             model=teacher.model, params={**teacher.params, "item_embedding": jnp.asarray(table)}, step=0, workdir="", config=teacher.config
         )
-        valid = target_groups.group_metrics(target_groups.ranks_on_split(fitted, data.valid, 500), everything)["all"]
+        valid = target_groups.group_metrics(target_groups.ranks_on_split(fitted, data.valid, 500), valid_groups)
         test = target_groups.group_metrics(target_groups.ranks_on_split(fitted, data.test, 500), groups)
         print(
-            f"{order}: weighted relative error {relative_error:.4f}; valid HR@20 {valid['hr@20']:.4f} MRR@20 {valid['mrr@20']:.4f}; "
+            f"{order}: weighted relative error {relative_error:.4f}; valid HR@20 {valid['all']['hr@20']:.4f} "
+            f"MRR@20 {valid['all']['mrr@20']:.4f}, on targets new to the session {valid['new_to_session']['hr@20']:.4f}; "
             f"test HR@20 {test['all']['hr@20']:.4f}, on steady targets {test['steady']['hr@20']:.4f} ({time.time() - start:.0f} s)",
             flush=True,
         )
