@@ -7,6 +7,7 @@ teacher, export, serving tools, benchmarks. Nothing here builds an optimizer or 
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ from absl import logging
 from rec_kd import checkpointing, compress
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
-from rec_kd.models import build_model, init_model_params
+from rec_kd.models import build_model, init_model_params, resolve_table_config
 from rec_kd.models.sasrec import row_order_seed, table_kind, table_options
 
 
@@ -135,9 +136,11 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
     return teacher
 
 
-# Fields that never change a run's numbers: where it reads and writes, how often it logs and saves,
-# how it spreads over processes, how many examples one evaluation batch holds. `data.path` is in
-# `dataset` (absolute). The table is compared by `table_recipe`, not field by field.
+# Fields left out of a run's recipe. Where it reads and writes (`data_dir`; `teacher_workdir`, as
+# roots move: the trainer checks the teacher's checkpoint and step itself, use_phase_teacher), how
+# often it logs and saves, how it spreads over processes, how many examples one evaluation batch
+# holds: none changes its numbers. `data.path` is in `dataset` (absolute). The table is compared
+# by `table_recipe`, not field by field.
 NOT_RECIPE = (
     "data_dir",
     "teacher_workdir",
@@ -160,23 +163,26 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def table_recipe(config: ml_collections.ConfigDict) -> dict:
-    """The table fields that decide a run's numbers: its kind, that kind's own sizes, the row order.
+    """The table fields that decide a run's numbers, by config path: its kind, that kind's own fields, the row order.
 
     A teacher's table is dense whatever its table section says, and a kind ignores the other
-    kinds' options, so only these are compared. `row_order_seed` is the effective one (None: the
-    id order, also for kinds that have no row order).
+    kinds' options, so only these are compared. `config` must be resolved (with_resolved_table):
+    then the sizes are explicit and the fields they were chosen from (budget, target_compression)
+    add nothing. `row_order_seed` is the effective one (None: the id order, also for kinds that
+    have no row order).
     """
     kind = table_kind(config)
-    fields = {"kind": kind}
+    fields = {"table.kind": kind}
     if kind == "dense":
         return fields
-    fields.update(table_options(config.table, kind))
-    if kind in compress.OPTION_KINDS:
-        fields["budget"] = config.table.get("budget", 0)
-    else:
-        fields["target_compression"] = config.table.get("target_compression", 0)
-    fields["row_order_seed"] = row_order_seed(config)
-    return {f"table.{name}": value for name, value in fields.items()}
+    options = table_options(config.table, kind)
+    # Redundant once resolved: the factors give the cores, and the hot rows follow the data fields.
+    options.pop("num_cores", None)
+    options.pop("hot_rows", None)
+    prefix = f"table.{kind}." if kind in compress.OPTION_KINDS else "table."
+    fields.update({prefix + name: value for name, value in options.items()})
+    fields["table.row_order_seed"] = row_order_seed(config)
+    return fields
 
 
 def recipe(config: ml_collections.ConfigDict) -> dict:
@@ -186,34 +192,40 @@ def recipe(config: ml_collections.ConfigDict) -> dict:
     return dict(sorted((kept | json.loads(json.dumps(table_recipe(config)))).items()))
 
 
-def filled_when_resolved(name: str, value, expected: dict) -> bool:
-    """An unresolved config's table size that the run fills from its catalogue (models.resolve_table_config).
+def with_resolved_table(config: ml_collections.ConfigDict, load_data: Callable[[], data_lib.SessionData]) -> ml_collections.ConfigDict:
+    """A copy of `config` with its table sizes filled as its run fills them (models.resolve_table_config).
 
-    Sizes left at 0 or empty are chosen when the run starts, and STTD / TT with empty item_factors
-    choose their dim_factors and ranks too; a launcher compares its unresolved recipe with a run's
-    resolved config.json, so these are not drift.
+    Why: a run's config.json holds the resolved table, so a launcher's recipe must be resolved
+    the same way before the two compare. `load_data()` gives the catalogue; it is called only for
+    a table whose sizes come from it (not a dense one, nor STTD / TT with explicit factors).
     """
-    if not name.startswith("table.") or name in ("table.kind", "table.row_order_seed"):
-        return False
-    if name in ("table.dim_factors", "table.ranks") and not expected.get("table.item_factors", True):
-        return True
-    return value in ("", []) or (type(value) in (int, float) and value == 0)  # not False: a bool is set
+    resolved = config.copy_and_resolve_references()
+    kind = table_kind(resolved)
+    if kind == "dense" or (kind in ("sttd", "tt") and resolved.table.item_factors):
+        return resolved
+    data = load_data()
+    resolve_table_config(resolved, data.num_items, data.hot_mask)
+    return resolved
 
 
-def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid", resolved: bool = False) -> list[str]:
-    """Where the run recorded in `workdir`/config.json differs from `expected`, field by field.
+def has_trained(workdir: str) -> bool:
+    """A run has trained in `workdir` (a resumable checkpoint, or its results): resuming it continues that training."""
+    return has_checkpoint(workdir, "latest") or os.path.exists(os.path.join(workdir, "results.json"))
 
-    Why: a launcher (launch/reproduce.py, launch/sweep.py) skips a finished run and resumes an
-    unfinished one, and `rec_kd.main` resumes whatever workdir it is given, so after a default
-    changed (a new early-stopping rule, say) they would silently mix runs of two recipes, or two
-    recipes in one run. Every field of `recipe` is compared. `launcher` names the caller in the
-    messages; `resolved` says `expected` has its table resolved for the catalogue, as a run's
-    config.json has (else the sizes a run fills in are not compared).
+
+def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:
+    """Where the run recorded in `workdir`/config.json differs from `expected` (resolved), field by field.
+
+    Why: a launcher (launch/reproduce.py, launch/sweep.py, launch/compare_tables.py) skips a
+    finished run and resumes an unfinished one, and `rec_kd.main` resumes whatever workdir it is
+    given, so after a default changed (a new early-stopping rule, say) they would silently mix
+    runs of two recipes, or two recipes in one run. Every field of `recipe` is compared, so
+    `expected` must have its table resolved as config.json has (with_resolved_table). `launcher`
+    names the caller in the messages.
     """
     ran = recipe(read_run_config(workdir))
-    wanted = recipe(expected)
     return [
         f"{name}: ran {ran.get(name, '(absent)')!r}, {launcher} runs {value!r}"
-        for name, value in wanted.items()
-        if ran.get(name, "(absent)") != value and (resolved or not filled_when_resolved(name, value, wanted))
+        for name, value in recipe(expected).items()
+        if ran.get(name, "(absent)") != value
     ]

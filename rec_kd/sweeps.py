@@ -17,8 +17,10 @@ from its checkpoint because `rec_kd.main` does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -30,8 +32,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from rec_kd import members
-from rec_kd.runs import config_drift
+from rec_kd import data as data_lib
+from rec_kd import members, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,15 +152,17 @@ def build_config(sweep: Sweep, run: SweepRun) -> ml_collections.ConfigDict:
 
 
 def check_recipe(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
-    """How a run already in `workdir` differs from the recipe `launcher` runs now (runs.config_drift).
+    """How a run that already trained in `workdir` differs from the recipe `launcher` runs now (runs.config_drift).
 
     A finished run's drift is logged as a warning and returned (the run is kept and skipped). A
     started, unfinished run with drift is a SweepError: resuming it would train one run under two
-    recipes (rec_kd.main would refuse it too, but only once its turn came).
+    recipes (rec_kd.main would refuse it too, but only once its turn came). `expected` is resolved
+    for its catalogue first, as the run resolved its own config.json.
     """
-    if not os.path.exists(os.path.join(workdir, "config.json")):
+    if not runs.has_trained(workdir) or not os.path.exists(os.path.join(workdir, "config.json")):
         return []
-    drift = config_drift(workdir, expected, launcher=launcher)
+    resolved = runs.with_resolved_table(expected, lambda: catalogue(expected))
+    drift = runs.config_drift(workdir, resolved, launcher=launcher)
     if drift and not run_is_finished(workdir):
         raise SweepError(
             f"{workdir} was started under another recipe than {launcher}'s ({'; '.join(drift)}); "
@@ -172,6 +176,16 @@ def check_recipe(workdir: str, expected: ml_collections.ConfigDict, launcher: st
             "; ".join(drift),
         )
     return drift
+
+
+def catalogue(config: ml_collections.ConfigDict) -> data_lib.SessionData:
+    """The data `config` trains on (data.load_configured), read once per process for all the runs that share it."""
+    return _catalogue(json.dumps({"dataset": config.dataset, "data_dir": config.data_dir, "data": config.data.to_dict()}, sort_keys=True))
+
+
+@functools.cache
+def _catalogue(data_fields: str) -> data_lib.SessionData:
+    return data_lib.load_configured(ml_collections.ConfigDict(json.loads(data_fields)))
 
 
 def run_is_finished(workdir: str) -> bool:

@@ -129,9 +129,11 @@ def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.Ses
         check_resumed_recipe(workdir, member_config)
     for member_config, workdir in zip(configs, workdirs, strict=True):
         os.makedirs(workdir, exist_ok=True)
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
+        if jax.process_index() == 0:  # atomically: the other processes may be reading it in check_resumed_recipe
+            path = os.path.join(workdir, "config.json")
+            with open(path + ".tmp", "w") as f:
                 f.write(member_config.to_json_best_effort(indent=2, sort_keys=True))
+            os.replace(path + ".tmp", path)
 
 
 def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -141,10 +143,9 @@ def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> Non
     override was added or forgotten), and its results.json would claim the new one. Fields that do
     not change numbers (paths, logging and checkpoint intervals) may differ: runs.NOT_RECIPE.
     """
-    started = runs.has_checkpoint(workdir, "latest") or os.path.exists(os.path.join(workdir, "results.json"))
-    if not started or not os.path.exists(os.path.join(workdir, "config.json")):
+    if not runs.has_trained(workdir) or not os.path.exists(os.path.join(workdir, "config.json")):
         return
-    drift = runs.config_drift(workdir, config, launcher="this command", resolved=True)
+    drift = runs.config_drift(workdir, config, launcher="this command")
     if drift:
         raise ConfigError(
             f"{workdir}/config.json: the run there started under another recipe ({'; '.join(drift)}); resuming it "

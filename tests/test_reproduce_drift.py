@@ -1,6 +1,8 @@
 """rec_kd.runs.config_drift: a run made under another recipe than the one about to resume it is named, field by field.
 
-launch/reproduce.py and launch/sweep.py use it on unresolved configs; rec_kd.main (train.check_resumed_recipe) on resolved ones.
+launch/reproduce.py, launch/sweep.py and launch/compare_tables.py check a run through
+sweeps.check_recipe (their recipe resolved for the catalogue first); rec_kd.main through
+train.check_resumed_recipe.
 """
 
 import json
@@ -10,7 +12,6 @@ import pytest
 
 from launch import reproduce
 from rec_kd import defaults, runs, sweeps, train
-from rec_kd.models import resolve_table_config
 
 
 def write_run_config(workdir, config_dict: dict) -> None:
@@ -67,6 +68,8 @@ def test_a_started_run_with_drift_is_refused_and_a_finished_one_is_named(tmp_pat
     ran = expected.to_dict()
     ran["distill"]["kd_weight"] = 0.5
     write_run_config(tmp_path / "run", ran)
+    assert sweeps.check_recipe(str(tmp_path / "run"), expected, "the grid") == []  # never saved: it starts afresh
+    (tmp_path / "run" / "checkpoints" / "latest" / "10").mkdir(parents=True)
     with pytest.raises(sweeps.SweepError, match=r"run was started under another recipe than the grid's \(distill.kd_weight: ran 0.5"):
         sweeps.check_recipe(str(tmp_path / "run"), expected, "the grid")
     (tmp_path / "run" / "results.json").write_text("{}")  # finished: kept and skipped, its drift named
@@ -89,40 +92,69 @@ def test_paths_and_intervals_are_not_drift_and_the_data_section_is(tmp_path):
     ]
 
 
-def test_a_tables_sizes_filled_by_the_run_are_drift_only_against_a_resolved_recipe(tmp_path):
-    expected = reproduce.config_from_overrides("ml-100k", "student,qr", ())
-    assert expected.table.qr.modulus == 0  # chosen from the catalogue when the run starts
-    ran = expected.copy_and_resolve_references()
-    resolve_table_config(ran, 1682)
-    write_run_config(tmp_path / "run", ran.to_dict())
-    assert runs.config_drift(str(tmp_path / "run"), expected) == []
-    assert runs.config_drift(str(tmp_path / "run"), ran, resolved=True) == []
-    other = ran.copy_and_resolve_references()
-    other.table.qr.modulus += 1
-    assert runs.config_drift(str(tmp_path / "run"), other, resolved=True) == [
-        f"table.modulus: ran {ran.table.qr.modulus}, the grid runs {ran.table.qr.modulus + 1}"
+ML100K = types.SimpleNamespace(num_items=1682, hot_mask=None)  # 1,683 table rows with padding
+
+
+def finished_run(workdir, config) -> None:
+    """A finished run's config.json, resolved as rec_kd.main writes it."""
+    write_run_config(workdir, runs.with_resolved_table(config, lambda: ML100K).to_dict())
+    (workdir / "results.json").write_text("{}")
+
+
+def test_a_launchers_recipe_is_resolved_for_the_catalogue_before_it_is_compared(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweeps, "catalogue", lambda config: ML100K)
+    grid = reproduce.config_from_overrides("ml-100k", "student,lowrank", ())
+    assert grid.table.lowrank.rank == 0  # chosen when the run starts
+    finished_run(tmp_path / "same", grid)
+    assert sweeps.check_recipe(str(tmp_path / "same"), grid, "the grid") == []
+    # The budget is not recorded as a size: 5,000 parameters give rank 5000 // (1683 + 128) = 2,
+    # the main STTD budget of 10,720 gives 10720 // 1811 = 5.
+    smaller = reproduce.config_from_overrides("ml-100k", "student,lowrank", ("--config.table.budget=5000",))
+    finished_run(tmp_path / "smaller", smaller)
+    assert sweeps.check_recipe(str(tmp_path / "smaller"), grid, "the grid") == ["table.lowrank.rank: ran 2, the grid runs 5"]
+    # Suggested factors at another rank.
+    rank8 = reproduce.config_from_overrides("ml-100k", "student", ("--config.table.ranks=(8,)",))
+    finished_run(tmp_path / "rank8", rank8)
+    assert sweeps.check_recipe(str(tmp_path / "rank8"), reproduce.config_from_overrides("ml-100k", "student", ()), "the grid") == [
+        "table.ranks: ran [8], the grid runs [16]"
     ]
-    other = ran.copy_and_resolve_references()
+
+
+def test_only_the_kinds_own_fields_are_compared_under_their_config_paths(tmp_path):
+    qr = runs.with_resolved_table(defaults.get_config("ml-100k", "student,qr"), lambda: ML100K)
+    # The smallest modulus whose tables fit 10,720: (ceil(1683 / 36) + 36) * 128 = 10,624 (35: 10,752).
+    assert runs.table_recipe(qr) == {"table.kind": "qr", "table.qr.combine": "mult", "table.qr.modulus": 36, "table.row_order_seed": None}
+    write_run_config(tmp_path / "qr", qr.to_dict())
+    other = qr.copy_and_resolve_references()
     other.table.hash.buckets = 5  # another kind's option: not this run's table
-    assert runs.config_drift(str(tmp_path / "run"), other, resolved=True) == []
+    assert runs.config_drift(str(tmp_path / "qr"), other) == []
+    hashed = runs.with_resolved_table(defaults.get_config("ml-100k", "student,hash"), lambda: ML100K)
+    write_run_config(tmp_path / "hash", hashed.to_dict())
+    plain = hashed.copy_and_resolve_references()
+    plain.table.hash.item_weights = False  # a bool is a setting, not a size
+    assert runs.config_drift(str(tmp_path / "hash"), plain) == ["table.hash.item_weights: ran True, the grid runs False"]
+    dense = runs.with_resolved_table(defaults.get_config("ml-100k", "student,dense"), lambda: ML100K)
+    # The recipe's own fields are compared: the kind names the change, not the QR sizes dense lacks.
+    assert runs.config_drift(str(tmp_path / "qr"), dense) == [
+        "table.kind: ran 'qr', the grid runs 'dense'",
+        "variant: ran 'qr', the grid runs 'dense'",
+    ]
 
 
 def test_resuming_a_started_run_under_another_recipe_is_refused_before_anything_is_written(tmp_path):
     config = defaults.get_config("ml-100k", "teacher")
-    workdir = tmp_path / "run"
-    data = types.SimpleNamespace(num_items=1682, hot_mask=None)
-    train.write_configs([config], [str(workdir)], data)  # a fresh run
-    recorded = (workdir / "config.json").read_text()
-    (workdir / "checkpoints" / "latest" / "10").mkdir(parents=True)  # it trained
-    changed = config.copy_and_resolve_references()
-    changed.train.learning_rate = 0.01
-    changed.train.log_every_steps = 1  # not drift
-    with pytest.raises(
-        defaults.ConfigError,
-        match=r"run/config.json: the run there started under another recipe \(train.learning_rate: ran 0.002, this command runs 0.01\)",
-    ):
-        train.write_configs([changed], [str(workdir)], data)
-    assert (workdir / "config.json").read_text() == recorded
-    changed.train.learning_rate = config.train.learning_rate
-    train.write_configs([changed], [str(workdir)], data)  # only an interval changed: resumes
-    assert json.loads((workdir / "config.json").read_text())["train"]["log_every_steps"] == 1
+    workdirs = [tmp_path / "a", tmp_path / "b"]
+    train.write_configs([config, config], [str(w) for w in workdirs], ML100K)  # fresh runs
+    recorded = [(w / "config.json").read_text() for w in workdirs]
+    for workdir in workdirs:
+        (workdir / "checkpoints" / "latest" / "10").mkdir(parents=True)  # they trained
+    quieter = config.copy_and_resolve_references()
+    quieter.train.log_every_steps = 1  # not drift
+    faster = config.copy_and_resolve_references()
+    faster.train.learning_rate = 0.01
+    refused = r"b/config.json: the run there started under another recipe \(train.learning_rate: ran 0.002, this command runs 0.01\)"
+    with pytest.raises(defaults.ConfigError, match=refused):
+        train.write_configs([quieter, faster], [str(w) for w in workdirs], ML100K)
+    assert [(w / "config.json").read_text() for w in workdirs] == recorded  # member a's too
+    train.write_configs([quieter, quieter], [str(w) for w in workdirs], ML100K)  # only an interval changed: resumes
+    assert json.loads((workdirs[1] / "config.json").read_text())["train"]["log_every_steps"] == 1

@@ -179,7 +179,7 @@ def test_a_started_run_of_another_recipe_is_refused_before_anything_trains(tmp_p
     run = sweeps.expand(sweep)[0]
     started = sweeps.build_config(sweep, run)
     started.train.learning_rate = 0.01  # the sweep's recipe has changed since this run started
-    (root / run.name).mkdir(parents=True)
+    (root / run.name / "checkpoints" / "latest" / "5").mkdir(parents=True)  # it trained 5 steps
     (root / run.name / "config.json").write_text(json.dumps(started.to_dict()))
 
     result = subprocess.run(sweep_command(sweep_file, root, "--novmap"), cwd=REPO, env=sweep_env(), capture_output=True, text=True)
