@@ -213,6 +213,13 @@ def has_trained(workdir: str) -> bool:
     return has_checkpoint(workdir, "latest") or os.path.exists(os.path.join(workdir, "results.json"))
 
 
+def drift_since_training(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
+    """config_drift of a run that has trained in `workdir`; [] where none has (resuming starts it afresh)."""
+    if not has_trained(workdir) or not os.path.exists(os.path.join(workdir, "config.json")):
+        return []
+    return config_drift(workdir, expected, launcher=launcher)
+
+
 def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:
     """Where the run recorded in `workdir`/config.json differs from `expected` (resolved), field by field.
 

@@ -159,10 +159,10 @@ def check_recipe(workdir: str, expected: ml_collections.ConfigDict, launcher: st
     recipes (rec_kd.main would refuse it too, but only once its turn came). `expected` is resolved
     for its catalogue first, as the run resolved its own config.json.
     """
-    if not runs.has_trained(workdir) or not os.path.exists(os.path.join(workdir, "config.json")):
-        return []
+    if not runs.has_trained(workdir):
+        return []  # before reading the catalogue: most runs of a fresh grid have not trained
     resolved = runs.with_resolved_table(expected, lambda: catalogue(expected))
-    drift = runs.config_drift(workdir, resolved, launcher=launcher)
+    drift = runs.drift_since_training(workdir, resolved, launcher)
     if drift and not run_is_finished(workdir):
         raise SweepError(
             f"{workdir} was started under another recipe than {launcher}'s ({'; '.join(drift)}); "

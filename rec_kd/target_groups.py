@@ -64,7 +64,7 @@ def most_clicked_new_groups(split: session_data.Split, item_counts: np.ndarray, 
     the new-to-session targets among them. Ties in `item_counts` (SessionData.item_counts, the
     counts hot items are picked by) go to the lower id, as in data.hot_item_mask.
     """
-    by_clicks = np.lexsort((np.arange(len(item_counts)), -item_counts))  # most clicked first, ties by id
+    by_clicks = np.argsort(-item_counts, kind="stable")  # most clicked first, ties by id (as row_order ranks them)
     rank = np.empty(len(item_counts), np.int64)
     rank[by_clicks] = np.arange(len(item_counts))
     new = repeat_groups(split)["new_to_session"]

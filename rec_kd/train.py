@@ -143,9 +143,7 @@ def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> Non
     override was added or forgotten), and its results.json would claim the new one. Fields that do
     not change numbers (paths, logging and checkpoint intervals) may differ: runs.NOT_RECIPE.
     """
-    if not runs.has_trained(workdir) or not os.path.exists(os.path.join(workdir, "config.json")):
-        return
-    drift = runs.config_drift(workdir, config, launcher="this command")
+    drift = runs.drift_since_training(workdir, config, "this command")
     if drift:
         raise ConfigError(
             f"{workdir}/config.json: the run there started under another recipe ({'; '.join(drift)}); resuming it "
