@@ -155,7 +155,8 @@ def test_shuffled_rows_put_each_item_on_its_own_random_row_and_padding_on_row_0(
 def test_row_order_from_the_config():
     config = defaults.get_config("ml-100k", "student")
     assert row_order_seed(config) is None  # the paper's order by default
-    assert row_order_seed(defaults.get_config("tmall", "student")) == 0  # Tmall and RetailRocket shuffle
+    assert row_order_seed(defaults.get_config("tmall", "student")) == 0  # Tmall shuffles (chosen on valid)
+    assert row_order_seed(defaults.get_config("retailrocket", "student")) is None  # RetailRocket keeps id order
     config.table.row_order, config.table.row_order_seed = "shuffled", 3
     assert row_order_seed(config) == 3
     for kind in ("dense", "lowrank", "hash", "mixed_dim"):  # no factor rows shared by id digits
