@@ -1,9 +1,10 @@
 """Tables and plots from a reproduction root: `python -m launch.report --runs=ROOT --out=DIR`.
 
-Reads every ROOT/DATASET/RUN/results.json (written by `launch/reproduce.py` runs) and writes
+Reads every ROOT/DATASET/RUN/results.json (written by `launch/reproduce.py` runs), and the copies
+an earlier report kept in DIR/results/ of runs ROOT no longer holds, and writes
 DIR/results.md (metric tables, mean ± std over seeds, selected on validation; the authors' protocol
 in a separate table), DIR/img/*.png (accuracy vs compression; validation curves, teacher vs
-student) and copies of the results in DIR/results/. Rows are keyed by variant and compression.
+student) and copies of the results (with their eval records) in DIR/results/. Rows are keyed by variant and compression.
 """
 
 import collections
@@ -25,13 +26,25 @@ from rec_kd import evaluation  # noqa: E402
 _RUNS = flags.DEFINE_string("runs", None, "Reproduction root (ROOT/DATASET/RUN/results.json).")
 _OUT = flags.DEFINE_string("out", None, "Output folder: results.md, img/, results/.")
 _PREAMBLE = flags.DEFINE_string("preamble", None, "Optional markdown file placed at the top of results.md.")
+_KEEP = flags.DEFINE_bool(
+    "keep",
+    True,
+    "Also report the runs OUT/results/ holds copies of and RUNS does not (finished on a machine this one is not); "
+    "move a copy to OUT/results/archive/ to drop its run.",
+)
 flags.mark_flags_as_required(["runs", "out"])
 
 METRICS = evaluation.metric_names()
 COLD_METRICS = ("hr@20", "mrr@20")
 
 
-def load_runs(root: str) -> list[dict]:
+def load_runs(root: str, kept: str | None = None) -> list[dict]:
+    """Every ROOT/DATASET/RUN/results.json, then KEPT's copies of the runs ROOT does not hold.
+
+    KEPT is an earlier report's results/ folder (the repository's docs/results). Workdirs live on
+    one machine and a later session may start on another without them; the copies keep that
+    session's report whole. A copy's run reads its valid curve from the eval records kept beside it.
+    """
     runs = []
     for path in sorted(glob.glob(os.path.join(root, "*", "*", "results.json"))):
         with open(path) as f:
@@ -39,7 +52,53 @@ def load_runs(root: str) -> list[dict]:
         result["_run"] = os.path.basename(os.path.dirname(path))
         result["_dir"] = os.path.dirname(path)
         runs.append(result)
+    if kept:
+        held = {(result["dataset"], result["_run"]) for result in runs}
+        runs += [copy for copy in kept_copies(kept) if (copy["dataset"], copy["_run"]) not in held]
     return runs
+
+
+def kept_copies(folder: str) -> list[dict]:
+    """The run copies of an earlier report's results/ folder: DATASET_RUN.json, with DATASET_RUN.evals.jsonl beside it.
+
+    Other JSON files there (benchmarks) are not runs: a run's results name its dataset and variant.
+    """
+    copies = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            result = json.load(f)
+        name = os.path.basename(path)[: -len(".json")]
+        if not (isinstance(result, dict) and {"dataset", "variant", "test"} <= result.keys() and name.startswith(f"{result['dataset']}_")):
+            continue
+        result["_run"] = name[len(result["dataset"]) + 1 :]
+        result["_dir"] = None
+        result["_copy"] = path
+        copies.append(result)
+    return copies
+
+
+def copy_name(result: dict) -> str:
+    return f"{result['dataset']}_{result['_run']}"
+
+
+def evals_path(result: dict) -> str:
+    """The run's eval records: its workdir's metrics.jsonl, or the copy kept beside its results."""
+    if result["_dir"]:
+        return os.path.join(result["_dir"], "metrics.jsonl")
+    return os.path.join(os.path.dirname(result["_copy"]), copy_name(result) + ".evals.jsonl")
+
+
+def keep_copy(result: dict, folder: str) -> None:
+    """Copies a run's results.json, and the eval records (not the train loss lines) of its metrics.jsonl, into FOLDER."""
+    if not result["_dir"]:
+        return  # already a copy in the folder it was read from
+    shutil.copyfile(os.path.join(result["_dir"], "results.json"), os.path.join(folder, copy_name(result) + ".json"))
+    metrics = os.path.join(result["_dir"], "metrics.jsonl")
+    if os.path.exists(metrics):
+        with open(metrics) as f:
+            evals = [line for line in f if json.loads(line)["split"] != "train"]
+        with open(os.path.join(folder, copy_name(result) + ".evals.jsonl"), "w") as f:
+            f.writelines(evals)
 
 
 PROTOCOL_LABELS = {
@@ -104,9 +163,9 @@ def metrics_table(rows: dict[tuple, list[dict]], split: str) -> list[str]:
     return lines
 
 
-def valid_curve(run_dir: str) -> tuple[list[int], list[float]]:
+def valid_curve(path: str) -> tuple[list[int], list[float]]:
+    """(epochs, valid HR@20) from a metrics.jsonl or a kept copy of its eval records."""
     epochs, values = [], []
-    path = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
@@ -157,7 +216,7 @@ def plot_valid_curves(dataset: str, rows, path: str) -> None:
         if variant not in ("teacher", "full"):
             continue
         for result in results:
-            epochs, values = valid_curve(result["_dir"])
+            epochs, values = valid_curve(evals_path(result))
             if epochs:
                 ax.plot(epochs, values, marker=".", label=f"{variant} {compression} s{result['seed']}")
     save_plot(fig, ax, "epoch", "valid HR@20", f"{dataset}: validation curves", path)
@@ -186,10 +245,9 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
         lines += ["", "Runs:", ""]
         for results in rows.values():
             for result in results:
-                copy_name = f"{dataset}_{result['_run']}.json"
-                shutil.copyfile(os.path.join(result["_dir"], "results.json"), os.path.join(out, "results", copy_name))
+                keep_copy(result, os.path.join(out, "results"))
                 lines.append(
-                    f"- [{result['_run']}](results/{copy_name}): commit `{commit_label(result)}`, "
+                    f"- [{result['_run']}](results/{copy_name(result)}.json): commit `{commit_label(result)}`, "
                     f"{result['num_devices']} device(s), {result['wall_s']:.0f} s: `{result['command']}`"
                 )
         lines.append("")
@@ -207,7 +265,7 @@ def commit_label(result: dict) -> str:
 
 def main(argv):
     del argv
-    runs = load_runs(_RUNS.value)
+    runs = load_runs(_RUNS.value, os.path.join(_OUT.value, "results") if _KEEP.value else None)
     if not runs:
         raise app.UsageError(f"no results.json under {_RUNS.value}/*/*/")
     preamble = open(_PREAMBLE.value).read() if _PREAMBLE.value else None

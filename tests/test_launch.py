@@ -62,7 +62,12 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     assert f"{mean:.4f} ± {std:.4f}" in main_rows[0]
     for name in ("tmall_compression.png", "tmall_valid_curves.png"):
         assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (out / "results").iterdir()) == [f"tmall_{r}.json" for r in runs]
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == [f"tmall_{r}.json" for r in runs]
+    # Each copy keeps its run's eval records, so a machine without the workdirs draws the same report.
+    evals = [json.loads(line) for line in (out / "results" / "tmall_main_s0.evals.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (root / "tmall" / "main_s0" / "metrics.jsonl").read_text().splitlines()]
+    assert evals == [record for record in logged if record["split"] != "train"] and {"valid", "test"} <= {r["split"] for r in evals}
+    assert report.write_report(report.load_runs(str(tmp_path / "no_runs_here"), str(out / "results")), str(out)) == text
 
 
 def test_the_grid_runs_teachers_first_then_students_in_priority_order(tmp_path, data_dir):
@@ -159,3 +164,25 @@ def test_report_names_the_commits_a_run_was_resumed_at():
     assert report.commit_label(started) == "a" * 40
     assert report.commit_label(resumed) == "a" * 40 + " (resumed at bbbbbbb, ccccccc)"
     assert report.commit_label({"commit": "d" * 40}) == "d" * 40  # results from before `commits`
+
+
+def test_report_reads_kept_copies_of_runs_its_root_does_not_hold(tmp_path):
+    root, kept = tmp_path / "runs", tmp_path / "docs" / "results"
+    (root / "tmall" / "main_s0").mkdir(parents=True)
+    kept.mkdir(parents=True)
+
+    def result(hr):
+        return {"dataset": "tmall", "variant": "full", "test": {"hr@20": hr}}
+
+    (root / "tmall" / "main_s0" / "results.json").write_text(json.dumps(result(0.31)))
+    (kept / "tmall_main_s0.json").write_text(json.dumps(result(0.29)))  # older copy of a run the root holds
+    (kept / "tmall_main_s1.json").write_text(json.dumps(result(0.30)))  # finished on another machine
+    evals = [{"split": "valid", "epoch": 1, "hr@20": 0.35}, {"split": "test", "epoch": 1, "hr@20": 0.3}]
+    (kept / "tmall_main_s1.evals.jsonl").write_text("".join(json.dumps(record) + "\n" for record in evals))
+    (kept / "bench_cpu_2026-11-27.json").write_text(json.dumps({"dataset": "tmall", "training": {}}))  # not a run
+    (kept / "retailrocket_main_s0.json").write_text(json.dumps(result(0.4)))  # names another dataset than its results
+
+    runs = report.load_runs(str(root), str(kept))
+    assert [(r["_run"], r["test"]["hr@20"]) for r in runs] == [("main_s0", 0.31), ("main_s1", 0.30)]
+    assert report.valid_curve(report.evals_path(runs[1])) == ([1], [0.35])
+    assert [r["_run"] for r in report.load_runs(str(root))] == ["main_s0"]  # --nokeep: the root alone
