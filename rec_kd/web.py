@@ -219,9 +219,9 @@ def build(workdir: str, out: str, quantize: str = "int8", k: int = EXPORT_K, run
         raise WebError(f"unknown quantization {quantize!r}; expected one of {QUANTIZE_CHOICES}")
     if k < EXPORT_K:
         raise WebError(f"k = {k}: export at least K = {EXPORT_K} items (the page slices to smaller k)")
+    dataset = run_dataset(workdir)  # the user's own input first: its error does not depend on this machine
     runtime = runtime or runtime_dir()
     runtime_paths(runtime)  # fail before the (slower) export when the runtime is not installed
-    dataset = run_dataset(workdir)
     names = item_names(dataset)
     os.makedirs(out, exist_ok=True)
     try:
