@@ -11,7 +11,6 @@ import collections
 import glob
 import json
 import os
-import shutil
 
 import matplotlib
 import matplotlib.ticker  # noqa: E402
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from rec_kd import evaluation  # noqa: E402
+from rec_kd import evaluation, result_copies  # noqa: E402
 
 _RUNS = flags.DEFINE_string("runs", None, "Reproduction root (ROOT/DATASET/RUN/results.json).")
 _OUT = flags.DEFINE_string("out", None, "Output folder: results.md, img/, results/.")
@@ -41,9 +40,8 @@ COLD_METRICS = ("hr@20", "mrr@20")
 def load_runs(root: str, kept: str | None = None) -> list[dict]:
     """Every ROOT/DATASET/RUN/results.json, then KEPT's copies of the runs ROOT does not hold.
 
-    KEPT is an earlier report's results/ folder (the repository's docs/results). Workdirs live on
-    one machine and a later session may start on another without them; the copies keep that
-    session's report whole. A copy's run reads its valid curve from the eval records kept beside it.
+    KEPT is an earlier report's results/ folder (the repository's docs/results, rec_kd/result_copies.py):
+    a grid that spans machines keeps every finished run in its report.
     """
     runs = []
     for path in sorted(glob.glob(os.path.join(root, "*", "*", "results.json"))):
@@ -54,51 +52,13 @@ def load_runs(root: str, kept: str | None = None) -> list[dict]:
         runs.append(result)
     if kept:
         held = {(result["dataset"], result["_run"]) for result in runs}
-        runs += [copy for copy in kept_copies(kept) if (copy["dataset"], copy["_run"]) not in held]
+        runs += [{**copy, "_dir": None} for copy in result_copies.read_kept(kept) if (copy["dataset"], copy["_run"]) not in held]
     return runs
 
 
-def kept_copies(folder: str) -> list[dict]:
-    """The run copies of an earlier report's results/ folder: DATASET_RUN.json, with DATASET_RUN.evals.jsonl beside it.
-
-    Other JSON files there (benchmarks) are not runs: a run's results name its dataset and variant.
-    """
-    copies = []
-    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        with open(path) as f:
-            result = json.load(f)
-        name = os.path.basename(path)[: -len(".json")]
-        if not (isinstance(result, dict) and {"dataset", "variant", "test"} <= result.keys() and name.startswith(f"{result['dataset']}_")):
-            continue
-        result["_run"] = name[len(result["dataset"]) + 1 :]
-        result["_dir"] = None
-        result["_copy"] = path
-        copies.append(result)
-    return copies
-
-
-def copy_name(result: dict) -> str:
-    return f"{result['dataset']}_{result['_run']}"
-
-
 def evals_path(result: dict) -> str:
-    """The run's eval records: its workdir's metrics.jsonl, or the copy kept beside its results."""
-    if result["_dir"]:
-        return os.path.join(result["_dir"], "metrics.jsonl")
-    return os.path.join(os.path.dirname(result["_copy"]), copy_name(result) + ".evals.jsonl")
-
-
-def keep_copy(result: dict, folder: str) -> None:
-    """Copies a run's results.json, and the eval records (not the train loss lines) of its metrics.jsonl, into FOLDER."""
-    if not result["_dir"]:
-        return  # already a copy in the folder it was read from
-    shutil.copyfile(os.path.join(result["_dir"], "results.json"), os.path.join(folder, copy_name(result) + ".json"))
-    metrics = os.path.join(result["_dir"], "metrics.jsonl")
-    if os.path.exists(metrics):
-        with open(metrics) as f:
-            evals = [line for line in f if json.loads(line)["split"] != "train"]
-        with open(os.path.join(folder, copy_name(result) + ".evals.jsonl"), "w") as f:
-            f.writelines(evals)
+    """The run's eval records: its workdir's metrics.jsonl, or the ones kept beside its copy."""
+    return os.path.join(result["_dir"], "metrics.jsonl") if result["_dir"] else result_copies.evals_path(result)
 
 
 PROTOCOL_LABELS = {
@@ -243,11 +203,12 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
             plot(dataset, rows, os.path.join(out, "img", name))
             lines += ["", f"![{dataset} {kind}](img/{name})"]
         lines += ["", "Runs:", ""]
+        folder = os.path.join(out, "results")
         for results in rows.values():
             for result in results:
-                keep_copy(result, os.path.join(out, "results"))
+                copy = result_copies.keep(result["_dir"], folder) if result["_dir"] else result_copies.keep_copy(result, folder)
                 lines.append(
-                    f"- [{result['_run']}](results/{copy_name(result)}.json): commit `{commit_label(result)}`, "
+                    f"- [{result['_run']}]({os.path.relpath(copy, out)}): commit `{commit_label(result)}`, "
                     f"{result['num_devices']} device(s), {result['wall_s']:.0f} s: `{result['command']}`"
                 )
         lines.append("")

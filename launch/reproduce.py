@@ -10,8 +10,10 @@ time: first every dataset's teacher, then the students in priority order (the ma
 every dataset, then seeds 1, 2, ..., then x100, x300 and the ablations), so a grid cut short holds
 the headline rows. A finished run (results.json present) is skipped and an interrupted one resumes,
 so rerunning the same command continues the grid. A finished run whose recorded config differs from
-what the grid would run now (a default changed since) is kept, with a warning naming each field. Nothing is written into the repository.
-`launch/report.py` turns ROOT into tables and plots.
+what the grid would run now (a default changed since) is kept, with a warning naming each field.
+Nothing is written into the repository unless --keep_results_in names a folder there
+(docs/results): each run's results are then copied into it the moment the run finishes, so they
+outlive this machine. `launch/report.py` turns ROOT (and those copies) into tables and plots.
 
 Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
 train + valid and reports that model; students distil from the teacher's validation-selected model
@@ -36,7 +38,7 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
-from rec_kd import defaults, sweeps
+from rec_kd import defaults, result_copies, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
 from rec_kd.runs import read_run_config
@@ -54,6 +56,12 @@ _PROTOCOL = flags.DEFINE_enum("protocol", "refit", ["refit", "select"], "Report 
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
 _PARALLEL = flags.DEFINE_integer(
     "parallel", 1, "Runs at a time (more than 1 pays where one run leaves the device idle, e.g. one GPU at batch 100)."
+)
+_KEEP_RESULTS_IN = flags.DEFINE_string(
+    "keep_results_in",
+    None,
+    "Copy each run's results (and eval records) into this folder as it finishes, e.g. docs/results: "
+    "workdirs stay on this machine, a later session may start on another (rec_kd/result_copies.py).",
 )
 flags.mark_flag_as_required("root")
 
@@ -181,9 +189,20 @@ def priority(run: RunSpec, datasets: list[str]) -> tuple[int, int, int]:
     return ROWS.index(run.row), run.seed, datasets.index(run.dataset)
 
 
-def run_stage(jobs: list[sweeps.Job], parallel: int) -> None:
+def keep_finished(folder: str):
+    """on_exit for run_jobs: copies each run that finished into `folder` (rec_kd/result_copies.py) as it ends."""
+
+    def keep(job: sweeps.Job, code: int) -> None:
+        workdir = os.path.dirname(job.log_path)
+        if code == 0 and sweeps.run_is_finished(workdir):
+            logging.info("%s finished: kept %s", job.name, result_copies.keep(workdir, folder))
+
+    return keep
+
+
+def run_stage(jobs: list[sweeps.Job], parallel: int, keep_in: str | None = None) -> None:
     """Runs `jobs` to the end; exits naming what failed, or what SIGTERM stopped."""
-    codes = sweeps.run_jobs(jobs, parallel=parallel)
+    codes = sweeps.run_jobs(jobs, parallel=parallel, on_exit=keep_finished(keep_in) if keep_in else None)
     failed = {name: code for name, code in codes.items() if code > 0}
     if failed:
         sys.exit(f"failed: {failed}; see their stdout.log, then rerun to resume the grid")
@@ -232,8 +251,8 @@ def main(argv):
         len(students),
         _PARALLEL.value,
     )
-    run_stage(teachers, _PARALLEL.value)  # every student needs its dataset's finished teacher
-    run_stage(students, _PARALLEL.value)
+    run_stage(teachers, _PARALLEL.value, _KEEP_RESULTS_IN.value)  # every student needs its dataset's finished teacher
+    run_stage(students, _PARALLEL.value, _KEEP_RESULTS_IN.value)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -227,11 +227,14 @@ class Job:
     log_path: str
 
 
-def run_jobs(jobs: Sequence[Job], parallel: int = 1, poll_s: float = 0.5) -> dict[str, int]:
+def run_jobs(
+    jobs: Sequence[Job], parallel: int = 1, poll_s: float = 0.5, on_exit: Callable[[Job, int], None] | None = None
+) -> dict[str, int]:
     """Runs commands, `parallel` at a time; {name: exit code}.
 
     SIGTERM or Ctrl-C to this process is passed on as SIGTERM to every running job (each saves a
     checkpoint and exits), no new job starts, and the jobs not started are reported as -1.
+    `on_exit(job, code)` is called as each job exits, while the others run on.
     """
     pending, running, codes = list(jobs), {}, {}
     stopping = False
@@ -239,7 +242,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1, poll_s: float = 0.5) -> dic
     def stop(signum, frame):
         nonlocal stopping
         stopping = True
-        for process, _ in running.values():
+        for process, _, _ in running.values():
             process.send_signal(signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -251,12 +254,14 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1, poll_s: float = 0.5) -> dic
                 log = open(job.log_path, "a")
                 # A session of its own: a terminal's Ctrl-C reaches only this runner, which passes on SIGTERM.
                 process = subprocess.Popen(job.command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                running[job.name] = (process, log)
-            for name, (process, log) in list(running.items()):
+                running[job.name] = (process, log, job)
+            for name, (process, log, job) in list(running.items()):
                 if process.poll() is not None:
                     codes[name] = process.returncode
                     log.close()
                     del running[name]
+                    if on_exit:
+                        on_exit(job, process.returncode)
             if stopping:
                 codes.update({job.name: -1 for job in pending})
                 pending = []

@@ -29,6 +29,7 @@ def smoke_grid(tmp_path_factory, data_dir):
         "--seeds=0,1",
         "--rows=teacher,main,tt",
         "--parallel=2",
+        f"--keep_results_in={root.parent / 'kept'}",
     ]
     subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
     return root, env_cmd
@@ -42,6 +43,10 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     main = json.loads((root / "tmall" / "main_s0" / "results.json").read_text())
     assert main["protocol"] == "refit on train+valid for the epochs selected on valid"
     assert main["teachers"]["select"]["checkpoint"] == "select" and main["teachers"]["refit"]["checkpoint"] == "best"
+    # --keep_results_in copied each run as it finished (rec_kd/result_copies.py).
+    kept = sorted(path.name for path in (root.parent / "kept").iterdir())
+    assert kept == sorted([f"tmall_{r}.json" for r in runs] + [f"tmall_{r}.evals.jsonl" for r in runs])
+    assert json.loads((root.parent / "kept" / "tmall_main_s0.json").read_text()) == main
     # Rerunning skips finished runs instead of training again.
     again = subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
     assert "4 runs finished (skipped); running 0 teachers, then 0 students" in again.stderr
@@ -167,6 +172,7 @@ def test_report_names_the_commits_a_run_was_resumed_at():
 
 
 def test_report_reads_kept_copies_of_runs_its_root_does_not_hold(tmp_path):
+    """Which files are copies: tests/test_result_copies.py."""
     root, kept = tmp_path / "runs", tmp_path / "docs" / "results"
     (root / "tmall" / "main_s0").mkdir(parents=True)
     kept.mkdir(parents=True)
@@ -179,8 +185,6 @@ def test_report_reads_kept_copies_of_runs_its_root_does_not_hold(tmp_path):
     (kept / "tmall_main_s1.json").write_text(json.dumps(result(0.30)))  # finished on another machine
     evals = [{"split": "valid", "epoch": 1, "hr@20": 0.35}, {"split": "test", "epoch": 1, "hr@20": 0.3}]
     (kept / "tmall_main_s1.evals.jsonl").write_text("".join(json.dumps(record) + "\n" for record in evals))
-    (kept / "bench_cpu_2026-11-27.json").write_text(json.dumps({"dataset": "tmall", "training": {}}))  # not a run
-    (kept / "retailrocket_main_s0.json").write_text(json.dumps(result(0.4)))  # names another dataset than its results
 
     runs = report.load_runs(str(root), str(kept))
     assert [(r["_run"], r["test"]["hr@20"]) for r in runs] == [("main_s0", 0.31), ("main_s1", 0.30)]
