@@ -11,6 +11,7 @@ import collections
 import glob
 import json
 import os
+import sys
 
 import matplotlib
 import matplotlib.ticker  # noqa: E402
@@ -53,7 +54,7 @@ def load_runs(root: str, kept: str | None = None) -> list[dict]:
     if kept:
         held = {(result["dataset"], result["_run"]) for result in runs}
         runs += [{**copy, "_dir": None} for copy in result_copies.read_kept(kept) if (copy["dataset"], copy["_run"]) not in held]
-    return runs
+    return sorted(runs, key=lambda result: (result["dataset"], result["_run"]))  # the same report whichever machine holds which run
 
 
 def evals_path(result: dict) -> str:
@@ -226,11 +227,14 @@ def commit_label(result: dict) -> str:
 
 def main(argv):
     del argv
-    runs = load_runs(_RUNS.value, os.path.join(_OUT.value, "results") if _KEEP.value else None)
-    if not runs:
-        raise app.UsageError(f"no results.json under {_RUNS.value}/*/*/")
-    preamble = open(_PREAMBLE.value).read() if _PREAMBLE.value else None
-    write_report(runs, _OUT.value, preamble)
+    try:
+        runs = load_runs(_RUNS.value, os.path.join(_OUT.value, "results") if _KEEP.value else None)
+        if not runs:
+            raise app.UsageError(f"no results.json under {_RUNS.value}/*/*/")
+        preamble = open(_PREAMBLE.value).read() if _PREAMBLE.value else None
+        write_report(runs, _OUT.value, preamble)
+    except result_copies.CopyError as error:
+        sys.exit(str(error))
     print(f"wrote {os.path.join(_OUT.value, 'results.md')} from {len(runs)} runs")
 
 

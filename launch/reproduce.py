@@ -13,7 +13,8 @@ so rerunning the same command continues the grid. A finished run whose recorded 
 what the grid would run now (a default changed since) is kept, with a warning naming each field.
 Nothing is written into the repository unless --keep_results_in names a folder there
 (docs/results): each run's results are then copied into it the moment the run finishes, so they
-outlive this machine. `launch/report.py` turns ROOT (and those copies) into tables and plots.
+outlive this machine, and a run kept there under the grid's recipe is not trained again on a new
+machine (its teacher only where a student still needs it). `launch/report.py` turns ROOT (and those copies) into tables and plots.
 
 Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
 train + valid and reports that model; students distil from the teacher's validation-selected model
@@ -38,7 +39,7 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
-from rec_kd import defaults, result_copies, sweeps
+from rec_kd import defaults, result_copies, runs, sweeps
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
 from rec_kd.runs import read_run_config
@@ -60,8 +61,9 @@ _PARALLEL = flags.DEFINE_integer(
 _KEEP_RESULTS_IN = flags.DEFINE_string(
     "keep_results_in",
     None,
-    "Copy each run's results (and eval records) into this folder as it finishes, e.g. docs/results: "
-    "workdirs stay on this machine, a later session may start on another (rec_kd/result_copies.py).",
+    "Copy each run's results (and eval records) into this folder as it finishes, e.g. docs/results, and skip the runs "
+    "kept there under the grid's recipe: workdirs stay on this machine, a later session may start on another "
+    "(rec_kd/result_copies.py).",
 )
 flags.mark_flag_as_required("root")
 
@@ -189,13 +191,37 @@ def priority(run: RunSpec, datasets: list[str]) -> tuple[int, int, int]:
     return ROWS.index(run.row), run.seed, datasets.index(run.dataset)
 
 
+def finished_elsewhere(copy: dict | None, expected: ml_collections.ConfigDict) -> bool:
+    """Whether a run's kept copy (--keep_results_in) finished under the recipe the grid runs now.
+
+    Why: a grid spans sessions, and a later one may start on another machine without the workdirs;
+    a run kept from there is not trained again here (a teacher only when no student still needs its
+    checkpoints). A copy of another recipe is named and the run is trained again.
+    """
+    if copy is None:
+        return False
+    resolved = runs.with_resolved_table(expected, lambda: sweeps.catalogue(expected))
+    drift = runs.recipe_drift(ml_collections.ConfigDict(copy["config"]), resolved, "the grid")
+    if drift:
+        logging.warning("%s finished under another recipe (%s); the grid trains the run again.", copy["_copy"], "; ".join(drift))
+    return not drift
+
+
+def keep_or_warn(workdir: str, folder: str) -> None:
+    """Keeps a finished run (result_copies.keep); a copy that fails is a warning: the grid goes on, and a report can keep the run later."""
+    try:
+        logging.info("kept %s", result_copies.keep(workdir, folder))
+    except (OSError, ValueError, KeyError) as error:
+        logging.warning("%s: not kept in %s (%s)", workdir, folder, error)
+
+
 def keep_finished(folder: str):
     """on_exit for run_jobs: copies each run that finished into `folder` (rec_kd/result_copies.py) as it ends."""
 
     def keep(job: sweeps.Job, code: int) -> None:
         workdir = os.path.dirname(job.log_path)
         if code == 0 and sweeps.run_is_finished(workdir):
-            logging.info("%s finished: kept %s", job.name, result_copies.keep(workdir, folder))
+            keep_or_warn(workdir, folder)
 
     return keep
 
@@ -223,7 +249,13 @@ def main(argv):
         seeds = [int(s) for s in _SEEDS.value]
         grid_runs += grid(dataset, num_items, rows, seeds, _SMOKE.value, _DATA_DIR.value, root, _PROTOCOL.value == "refit")
     grid_runs.sort(key=lambda run: priority(run, _DATASETS.value))  # teachers first: ROWS starts with them
+    keep_in = os.path.abspath(_KEEP_RESULTS_IN.value) if _KEEP_RESULTS_IN.value else None
+    try:
+        kept = {(copy["dataset"], copy["_run"]): copy for copy in result_copies.read_kept(keep_in)} if keep_in else {}
+    except result_copies.CopyError as error:
+        sys.exit(str(error))
     teachers, students, skipped = [], [], 0
+    kept_teachers, elsewhere = {}, 0
     for run in grid_runs:
         cmd = command(run, root)
         workdir = os.path.join(root, run.dataset, run.name)
@@ -233,26 +265,39 @@ def main(argv):
         elif mismatch:
             sys.exit(f"{workdir}/config.json: {mismatch}; use another --root")
         else:
+            expected = config_from_overrides(run.dataset, run.config_arg, run.overrides)
             try:
-                sweeps.check_recipe(workdir, config_from_overrides(run.dataset, run.config_arg, run.overrides), "the grid")
+                sweeps.check_recipe(workdir, expected, "the grid")
             except sweeps.SweepError as error:
                 sys.exit(str(error))
             if sweeps.run_is_finished(workdir):
                 skipped += 1
+                if keep_in:  # finished before the flag, or its copy failed: kept now
+                    keep_or_warn(workdir, keep_in)
                 continue
             job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
+            if finished_elsewhere(kept.get((run.dataset, run.name)), expected):
+                if run.row == "teacher":
+                    kept_teachers[run.dataset] = job  # trained again only for the students still to run
+                else:
+                    elsewhere += 1
+                continue
             (teachers if run.row == "teacher" else students).append(job)
     if _DRY_RUN.value:
         return
+    needed = {job.name.split("/")[0] for job in students}
+    teachers += [job for dataset, job in kept_teachers.items() if dataset in needed]
+    elsewhere += sum(dataset not in needed for dataset in kept_teachers)
     logging.info(
-        "%d runs finished (skipped); running %d teachers, then %d students, %d at a time (logs: WORKDIR/stdout.log).",
+        "%d runs finished%s (skipped); running %d teachers, then %d students, %d at a time (logs: WORKDIR/stdout.log).",
         skipped,
+        f", {elsewhere} kept in {keep_in} from another machine" if keep_in else "",
         len(teachers),
         len(students),
         _PARALLEL.value,
     )
-    run_stage(teachers, _PARALLEL.value, _KEEP_RESULTS_IN.value)  # every student needs its dataset's finished teacher
-    run_stage(students, _PARALLEL.value, _KEEP_RESULTS_IN.value)
+    run_stage(teachers, _PARALLEL.value, keep_in)  # every student needs its dataset's finished teacher
+    run_stage(students, _PARALLEL.value, keep_in)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ MAIN_TABLES = {
     "tmall": dict(item_factors=(169, 241), dim_factors=(16, 8), ranks=(60,), t=2),
     "retailrocket": dict(item_factors=(117, 316), dim_factors=(16, 8), ranks=(60,), t=2),
 }
-# The main student's table.row_order on each dataset, chosen on its valid split (docs/method.md,
+# table.row_order of every student on a MAIN_TABLES dataset (the main one, its ablations, x100),
+# chosen for the main student on the dataset's valid split (docs/method.md,
 # part 3). Tmall: shuffled rows gain 0.0175 HR@20 and 0.024 MRR@20 over id order after one epoch.
 # RetailRocket: id order leads at every one of the first four epochs, by 0.010 to 0.018 HR@20
 # (0.4147, 0.4281, 0.4290, 0.4271 against 0.3963, 0.4109, 0.4150, 0.4172).

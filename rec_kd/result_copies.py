@@ -3,54 +3,101 @@
 Why: workdirs live on one machine, and a later session may start on another without them. A copy
 is what the report needs to show the run again: its results.json as DATASET_RUN.json, and the eval
 records of its metrics.jsonl (not the train-loss lines) as DATASET_RUN.evals.jsonl beside it.
-`launch/reproduce.py --keep_results_in=DIR` keeps each run as it finishes; `launch/report.py`
-keeps every run it reports and reads the copies back for runs its root no longer holds.
+`launch/reproduce.py --keep_results_in=DIR` keeps each run as it finishes (and skips the runs kept
+under its recipe); `launch/report.py` keeps every run it reports and reads the copies back for runs
+its root no longer holds.
 """
 
 import json
 import os
-import shutil
+import re
 
 EVALS_SUFFIX = ".evals.jsonl"
+# What tells two runs of one name apart at a glance: a smoke grid or another protocol must not
+# replace the copy of a real run (it may be the only record left of it).
+IDENTITY_FIELDS = ("smoke", "protocol", "variant")
+
+
+class CopyError(ValueError):
+    """A copy that cannot be read, or would replace the copy of another kind of run."""
 
 
 def copy_name(dataset: str, run: str) -> str:
-    return f"{dataset}_{run}"
+    """DATASET_RUN, with anything but letters, digits, '-' and '.' in the dataset as '_' (a custom dataset names a path)."""
+    return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', dataset)}_{run}"
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """A reader (a report, a later grid) never sees half a file, even if this process is killed mid-write."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise CopyError(f"{path}: not valid JSON ({error})") from None
+
+
+def _check_replaceable(path: str, result: dict) -> None:
+    if not os.path.exists(path):
+        return
+    old = _read_json(path)
+    if not isinstance(old, dict):
+        raise CopyError(f"{path}: not a run's results; move it away to keep a run there")
+    differ = [f"{name} {old.get(name)!r} -> {result.get(name)!r}" for name in IDENTITY_FIELDS if old.get(name) != result.get(name)]
+    if differ:
+        raise CopyError(f"{path}: kept from another kind of run ({'; '.join(differ)}); move it away to replace it")
+
+
+def _write_copy(result_text: str, evals: str | None, folder: str, name: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name + ".json")
+    _check_replaceable(path, json.loads(result_text))
+    _write_atomically(path, result_text)
+    evals_file = os.path.join(folder, name + EVALS_SUFFIX)
+    if evals is not None:
+        _write_atomically(evals_file, evals)
+    elif os.path.exists(evals_file):
+        os.remove(evals_file)  # an older run's curve must not pass for this one's
+    return path
 
 
 def keep(workdir: str, folder: str) -> str:
     """Copies the finished run in `workdir` into `folder`; returns the results copy's path."""
     with open(os.path.join(workdir, "results.json")) as f:
-        dataset = json.load(f)["dataset"]
-    name = copy_name(dataset, os.path.basename(os.path.normpath(workdir)))
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name + ".json")
-    shutil.copyfile(os.path.join(workdir, "results.json"), path)
+        result_text = f.read()
+    evals = None
     metrics = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(metrics):
         with open(metrics) as f:
-            evals = [line for line in f if json.loads(line)["split"] != "train"]
-        with open(os.path.join(folder, name + EVALS_SUFFIX), "w") as f:
-            f.writelines(evals)
-    return path
+            evals = "".join(line for line in f if json.loads(line)["split"] != "train")
+    name = copy_name(json.loads(result_text)["dataset"], os.path.basename(os.path.normpath(workdir)))
+    return _write_copy(result_text, evals, folder, name)
 
 
 def keep_copy(copy: dict, folder: str) -> str:
     """Keeps a copy (from read_kept) in `folder` too, unless it is there already; returns its path there."""
-    path = os.path.join(folder, os.path.basename(copy["_copy"]))
-    if os.path.abspath(path) != os.path.abspath(copy["_copy"]):
-        os.makedirs(folder, exist_ok=True)
-        shutil.copyfile(copy["_copy"], path)
-        if os.path.exists(evals_path(copy)):
-            shutil.copyfile(evals_path(copy), os.path.join(folder, os.path.basename(evals_path(copy))))
-    return path
+    name = copy_name(copy["dataset"], copy["_run"])
+    if os.path.realpath(os.path.join(folder, name + ".json")) == os.path.realpath(copy["_copy"]):
+        return copy["_copy"]
+    with open(copy["_copy"]) as f:
+        result_text = f.read()
+    evals = None
+    if os.path.exists(evals_path(copy)):
+        with open(evals_path(copy)) as f:
+            evals = f.read()
+    return _write_copy(result_text, evals, folder, name)
 
 
 def read_kept(folder: str) -> list[dict]:
     """The run copies in `folder`, each results dict with `_run` (its run name) and `_copy` (its path).
 
     Other JSON files there (benchmarks) are not runs: a run's results name its dataset and variant,
-    and its file is named after its dataset.
+    and its file is named after its dataset. A file that is not JSON is an error naming it.
     """
     copies = []
     if not os.path.isdir(folder):
@@ -59,12 +106,13 @@ def read_kept(folder: str) -> list[dict]:
         if not file_name.endswith(".json"):
             continue
         path = os.path.join(folder, file_name)
-        with open(path) as f:
-            result = json.load(f)
-        stem = file_name[: -len(".json")]
-        if not (isinstance(result, dict) and {"dataset", "variant", "test"} <= result.keys() and stem.startswith(f"{result['dataset']}_")):
+        result = _read_json(path)
+        if not (isinstance(result, dict) and {"dataset", "variant", "test"} <= result.keys()):
             continue
-        copies.append({**result, "_run": stem[len(result["dataset"]) + 1 :], "_copy": path})
+        prefix = copy_name(result["dataset"], "")
+        stem = file_name[: -len(".json")]
+        if stem.startswith(prefix) and len(stem) > len(prefix):
+            copies.append({**result, "_run": stem[len(prefix) :], "_copy": path})
     return copies
 
 

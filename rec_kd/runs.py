@@ -230,7 +230,12 @@ def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: st
     `expected` must have its table resolved as config.json has (with_resolved_table). `launcher`
     names the caller in the messages.
     """
-    ran = recipe(read_run_config(workdir))
+    return recipe_drift(read_run_config(workdir), expected, launcher)
+
+
+def recipe_drift(ran_config: ml_collections.ConfigDict, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:
+    """config_drift of a run's resolved config held anywhere (config.json, or the `config` of a results.json copy)."""
+    ran = recipe(ran_config)
     return [
         f"{name}: ran {ran.get(name, '(absent)')!r}, {launcher} runs {value!r}"
         for name, value in recipe(expected).items()

@@ -234,7 +234,9 @@ def run_jobs(
 
     SIGTERM or Ctrl-C to this process is passed on as SIGTERM to every running job (each saves a
     checkpoint and exits), no new job starts, and the jobs not started are reported as -1.
-    `on_exit(job, code)` is called as each job exits, while the others run on.
+    `on_exit(job, code)` is called as each job exits, while the others run on. Should this runner
+    fail (an on_exit that raises, say), its running jobs get SIGTERM and are waited for: none is
+    left training in a workdir that a rerun would resume.
     """
     pending, running, codes = list(jobs), {}, {}
     stopping = False
@@ -266,6 +268,12 @@ def run_jobs(
                 codes.update({job.name: -1 for job in pending})
                 pending = []
             time.sleep(poll_s)
+    except BaseException:
+        stop(None, None)
+        for process, log, _ in running.values():
+            process.wait()
+            log.close()
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -49,7 +49,15 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     assert json.loads((root.parent / "kept" / "tmall_main_s0.json").read_text()) == main
     # Rerunning skips finished runs instead of training again.
     again = subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
-    assert "4 runs finished (skipped); running 0 teachers, then 0 students" in again.stderr
+    assert "4 runs finished, 0 kept in" in again.stderr and "(skipped); running 0 teachers, then 0 students" in again.stderr
+
+    # A new machine (an empty root) with the kept copies trains neither main seed; the teacher again only for a student
+    # whose copy is missing.
+    (root.parent / "kept" / "tmall_tt_s0.json").unlink()
+    moved = [arg.replace(str(root), str(root.parent / "new_machine")) for arg in env_cmd]
+    anew = subprocess.run(moved, cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
+    assert "0 runs finished, 2 kept in" in anew.stderr and "running 1 teachers, then 1 students" in anew.stderr
+    assert sorted(path.parent.name for path in (root.parent / "new_machine").glob("tmall/*/results.json")) == ["teacher_s0", "tt_s0"]
 
     text = report.write_report(report.load_runs(str(root)), str(out))
     assert (out / "results.md").read_text() == text

@@ -157,6 +157,7 @@ def test_row_order_from_the_config():
     assert row_order_seed(config) is None  # the paper's order by default
     assert row_order_seed(defaults.get_config("tmall", "student")) == 0  # Tmall shuffles (chosen on valid)
     assert row_order_seed(defaults.get_config("retailrocket", "student")) is None  # RetailRocket keeps id order
+    assert defaults.MAIN_ROW_ORDER.keys() == defaults.MAIN_TABLES.keys()  # every main table has its order
     config.table.row_order, config.table.row_order_seed = "shuffled", 3
     assert row_order_seed(config) == 3
     for kind in ("dense", "lowrank", "hash", "mixed_dim"):  # no factor rows shared by id digits

@@ -2,6 +2,9 @@
 
 import json
 import sys
+import time
+
+import pytest
 
 from rec_kd import result_copies, sweeps
 
@@ -47,3 +50,46 @@ def test_run_jobs_reports_each_exit_as_it_happens(tmp_path):
     ]
     codes = sweeps.run_jobs(jobs, parallel=1, poll_s=0.01, on_exit=lambda job, code: exits.append((job.name, code)))
     assert codes == {"ok": 0, "bad": 3} and exits == [("ok", 0), ("bad", 3)]
+
+
+def test_a_copy_of_another_kind_of_run_is_not_replaced_and_bad_files_are_named(tmp_path):
+    kept = tmp_path / "kept"
+    real = finished_run(tmp_path / "real" / "main_s0")
+    result_copies.keep(str(real), str(kept))
+    smoke = finished_run(tmp_path / "smoke" / "main_s0", hr=0.9)
+    (smoke / "results.json").write_text(json.dumps({**json.loads((smoke / "results.json").read_text()), "smoke": True}))
+    with pytest.raises(result_copies.CopyError, match=r"tmall_main_s0.json: kept from another kind of run \(smoke None -> True\)"):
+        result_copies.keep(str(smoke), str(kept))
+    assert json.loads((kept / "tmall_main_s0.json").read_text())["test"]["hr@20"] == 0.31  # the real run's copy stands
+
+    (real / "metrics.jsonl").unlink()  # the same run again, without eval records: no older curve passes for its own
+    result_copies.keep(str(real), str(kept))
+    assert sorted(p.name for p in kept.iterdir()) == ["tmall_main_s0.json"]
+
+    (kept / "listed.json").write_text("[1, 2]")  # JSON, not a run: ignored
+    assert [c["_run"] for c in result_copies.read_kept(str(kept))] == ["main_s0"]
+    (kept / "tmall_broken.json").write_text('{"dataset": "tmall", ')
+    with pytest.raises(result_copies.CopyError, match="tmall_broken.json: not valid JSON"):
+        result_copies.read_kept(str(kept))
+
+
+def test_a_custom_datasets_path_becomes_a_file_name(tmp_path):
+    run = finished_run(tmp_path / "runs" / "teacher_s0", dataset="custom:inter:/data/my log.inter")
+    path = result_copies.keep(str(run), str(tmp_path / "kept"))
+    assert path == str(tmp_path / "kept" / "custom_inter_data_my_log.inter_teacher_s0.json")
+    (copy,) = result_copies.read_kept(str(tmp_path / "kept"))
+    assert copy["_run"] == "teacher_s0" and copy["dataset"] == "custom:inter:/data/my log.inter"
+
+
+def test_a_runner_that_fails_stops_its_running_jobs(tmp_path):
+    def fail(job, code):
+        raise OSError("disk full")
+
+    jobs = [
+        sweeps.Job("quick", [sys.executable, "-c", "pass"], str(tmp_path / "quick" / "stdout.log")),
+        sweeps.Job("slow", [sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path / "slow" / "stdout.log")),
+    ]
+    start = time.monotonic()
+    with pytest.raises(OSError, match="disk full"):
+        sweeps.run_jobs(jobs, parallel=2, poll_s=0.01, on_exit=fail)
+    assert time.monotonic() - start < 30  # the slow job got SIGTERM and was waited for, not left sleeping
