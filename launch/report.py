@@ -18,10 +18,12 @@ import matplotlib.ticker  # noqa: E402
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from rec_kd import evaluation, result_copies  # noqa: E402
+from rec_kd import runs as runs_lib  # noqa: E402
 
 _RUNS = flags.DEFINE_string("runs", None, "Reproduction root (ROOT/DATASET/RUN/results.json).")
 _OUT = flags.DEFINE_string("out", None, "Output folder: results.md, img/, results/.")
@@ -35,6 +37,12 @@ _KEEP = flags.DEFINE_bool(
 flags.mark_flags_as_required(["runs", "out"])
 
 METRICS = evaluation.metric_names()
+
+
+class ReportError(ValueError):
+    """Runs that one table row cannot hold together."""
+
+
 COLD_METRICS = ("hr@20", "mrr@20")
 
 
@@ -94,7 +102,27 @@ def grouped(runs: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
     by_dataset = collections.defaultdict(lambda: collections.defaultdict(list))
     for result in runs:
         by_dataset[result["dataset"]][row_key(result)].append(result)
+    for dataset, rows in by_dataset.items():
+        for key, results in rows.items():
+            check_one_recipe(dataset, key, results)
     return by_dataset
+
+
+def check_one_recipe(dataset: str, key: tuple, results: list[dict]) -> None:
+    """A row's runs may differ in their seed alone, or its mean ± std would mix two recipes.
+
+    Why: a launcher keeps a finished run made under an older default (with a warning), and a kept
+    copy may come from another session; the row key names only variant, compression and protocol.
+    Results without their config (older runs) are not checked.
+    """
+    recipes = {result["_run"]: runs_lib.recipe(ml_collections.ConfigDict(result["config"])) for result in results if "config" in result}
+    names = sorted({name for recipe in recipes.values() for name in recipe} - {"seed"})
+    differ = [name for name in names if len({json.dumps(recipe.get(name)) for recipe in recipes.values()}) > 1]
+    if differ:
+        raise ReportError(
+            f"{dataset}: the row {' / '.join(key)} holds runs of different recipes ({', '.join(sorted(recipes))} differ in "
+            f"{', '.join(differ)}); move the odd ones to results/archive/ (and out of the run root)"
+        )
 
 
 def metrics_table(rows: dict[tuple, list[dict]], split: str) -> list[str]:
@@ -233,7 +261,7 @@ def main(argv):
             raise app.UsageError(f"no results.json under {_RUNS.value}/*/*/")
         preamble = open(_PREAMBLE.value).read() if _PREAMBLE.value else None
         write_report(runs, _OUT.value, preamble)
-    except result_copies.CopyError as error:
+    except (result_copies.CopyError, ReportError) as error:
         sys.exit(str(error))
     print(f"wrote {os.path.join(_OUT.value, 'results.md')} from {len(runs)} runs")
 

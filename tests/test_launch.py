@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from launch import compare_tables, report
+from rec_kd import defaults
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -198,3 +199,14 @@ def test_report_reads_kept_copies_of_runs_its_root_does_not_hold(tmp_path):
     assert [(r["_run"], r["test"]["hr@20"]) for r in runs] == [("main_s0", 0.31), ("main_s1", 0.30)]
     assert report.valid_curve(report.evals_path(runs[1])) == ([1], [0.35])
     assert [r["_run"] for r in report.load_runs(str(root))] == ["main_s0"]  # --nokeep: the root alone
+
+
+def test_a_report_row_refuses_runs_of_two_recipes():
+    config = defaults.get_config("ml-100k", "student").to_dict()
+    base = {"dataset": "ml-100k", "variant": "full", "embedding_compression": 10.0, "protocol": "selected on valid", "config": config}
+    seed_1 = {**base, "_run": "main_s1", "config": {**config, "seed": 1}}
+    (row,) = report.grouped([{**base, "_run": "main_s0"}, seed_1])["ml-100k"].values()  # seeds alone differ: one row
+    assert [r["_run"] for r in row] == ["main_s0", "main_s1"]
+    other_lr = {**base, "_run": "main_s2", "config": {**config, "train": {**config["train"], "learning_rate": 0.5}}}
+    with pytest.raises(report.ReportError, match=r"the row full / 10.0x / valid-selected holds .* main_s2 differ in train.learning_rate\)"):
+        report.grouped([{**base, "_run": "main_s0"}, other_lr])
