@@ -7,8 +7,9 @@ For each order, fits the cores of the dataset's main STTD table (configs/DATASET
 the teacher's select-phase item table (trained on train only), minimising the squared error
 weighted by each item's frequency in the train split (`row_order.prefix_and_target_counts`, plus one), then puts the fitted table into the
 teacher's network in place of its own and scores valid and test. Prints one line per order: the
-weighted relative error, valid HR@20 / MRR@20 and HR@20 on targets new to the session, and test
-HR@20 overall and on steady targets (rec_kd/target_groups.py).
+weighted relative error, valid HR@20 / MRR@20 and HR@20 on repeats and on targets new to the
+session, and test HR@20 overall and on steady targets (rec_kd/target_groups.py); with
+`--repeat_bonus=...`, once more per value of the ranking's bonus for the session's own items.
 
 Why: the student's lost HR@20 is on steady targets (docs/method.md, part 3), and an STTD row is a
 product of factor rows that items share by their ids' digits. Which items share them is the
@@ -16,7 +17,9 @@ order's choice, and this measures it without the hours a trained student takes. 
 - id: item i on row i (the paper's; ids follow first appearance);
 - shuffled: the model's `table.row_order='shuffled'` rows (seed 0);
 - popularity: most frequent on the first rows (the most frequent share first-core rows);
-- spread: no two of the I_1 most frequent items share a factor row.
+- spread: no two of the I_1 most frequent items share a factor row;
+- clustered: items close in the teacher's own (select-phase) table share first-core rows, and
+  items whose offsets from their cluster's centre are alike share second-core rows.
 The maps are rec_kd/row_order.py's.
 """
 
@@ -31,18 +34,22 @@ from absl import app, flags
 from rec_kd import data as data_lib
 from rec_kd import defaults, row_order, runs, target_groups
 from rec_kd.compress import sttd
+from rec_kd.defaults import ConfigError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding the dataset's folder.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "A dataset with a main STTD table (rec_kd/defaults.py MAIN_TABLES).")
 _TEACHER = flags.DEFINE_string("teacher", None, "A refit teacher's workdir (its checkpoints/select/ is fitted).")
-_ORDERS = flags.DEFINE_list("orders", "id,shuffled,popularity,spread", "Orders to fit, of id, shuffled, popularity, spread.")
+_ORDERS = flags.DEFINE_list("orders", "id,shuffled,popularity,spread", "Orders to fit, of id, shuffled, popularity, spread, clustered.")
 _STEPS = flags.DEFINE_integer("steps", 3000, "Adam steps of each fit (full batch, cosine-decayed from 3e-3).")
+_REPEAT_BONUS = flags.DEFINE_list(
+    "repeat_bonus", [], "Also score each fitted table with these model.repeat_bonus values (docs/method.md part 4); empty: none."
+)
 
 
-ORDERS = ("id", "shuffled", "popularity", "spread")
+ORDERS = ("id", "shuffled", "popularity", "spread", "clustered")
 
 
-def item_rows(order: str, counts: np.ndarray, spec: sttd.STTDSpec) -> np.ndarray:
+def item_rows(order: str, counts: np.ndarray, spec: sttd.STTDSpec, embeddings: np.ndarray) -> np.ndarray:
     if order == "id":
         return np.arange(len(counts))
     if order == "shuffled":
@@ -51,6 +58,8 @@ def item_rows(order: str, counts: np.ndarray, spec: sttd.STTDSpec) -> np.ndarray
         return row_order.popularity_rows(counts)
     if order == "spread":
         return row_order.spread_rows(counts, spec.item_factors)
+    if order == "clustered":
+        return row_order.clustered_rows(embeddings, spec.item_factors)
     raise ValueError(f"unknown order {order!r}")
 
 
@@ -87,6 +96,10 @@ def main(argv):
     unknown = sorted(set(_ORDERS.value) - set(ORDERS))
     if unknown:
         raise app.UsageError(f"--orders: unknown {unknown}; expected some of {ORDERS}")
+    try:
+        bonuses = target_groups.parse_bonuses(_REPEAT_BONUS.value)
+    except ConfigError as error:
+        raise app.UsageError(str(error)) from None
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value)
     table_config = defaults.get_config(_DATASET.value, "student").table
     spec = sttd.STTDSpec(tuple(table_config.item_factors), tuple(table_config.dim_factors), tuple(table_config.ranks), table_config.t)
@@ -100,19 +113,24 @@ def main(argv):
     print(f"{_DATASET.value}: teacher {_TEACHER.value} (select), table {spec}, {_STEPS.value} steps a fit")
     for order in _ORDERS.value:
         start = time.time()
-        rows = item_rows(order, counts, spec)
-        table, relative_error = fit_table(np.asarray(teacher.params["item_embedding"]), weights, rows, spec, _STEPS.value)
+        teacher_table = np.asarray(teacher.params["item_embedding"])
+        rows = item_rows(order, counts, spec, teacher_table)
+        table, relative_error = fit_table(teacher_table, weights, rows, spec, _STEPS.value)
         fitted = runs.TrainedModel(
             model=teacher.model, params={**teacher.params, "item_embedding": jnp.asarray(table)}, step=0, workdir="", config=teacher.config
         )
-        valid = target_groups.group_metrics(target_groups.ranks_on_split(fitted, data.valid, 500), valid_groups)
-        test = target_groups.group_metrics(target_groups.ranks_on_split(fitted, data.test, 500), groups)
-        print(
-            f"{order}: weighted relative error {relative_error:.4f}; valid HR@20 {valid['all']['hr@20']:.4f} "
-            f"MRR@20 {valid['all']['mrr@20']:.4f}, on targets new to the session {valid['new_to_session']['hr@20']:.4f}; "
-            f"test HR@20 {test['all']['hr@20']:.4f}, on steady targets {test['steady']['hr@20']:.4f} ({time.time() - start:.0f} s)",
-            flush=True,
-        )
+        scorings = [(None, fitted)] + (target_groups.with_repeat_bonuses(fitted, bonuses) if bonuses else [])
+        for bonus, scored in scorings:
+            valid = target_groups.group_metrics(target_groups.ranks_on_split(scored, data.valid, 500), valid_groups)
+            test = target_groups.group_metrics(target_groups.ranks_on_split(scored, data.test, 500), groups)
+            name = order if bonus is None else f"{order}, repeat bonus {bonus:g}"
+            print(
+                f"{name}: weighted relative error {relative_error:.4f}; valid HR@20 {valid['all']['hr@20']:.4f} "
+                f"MRR@20 {valid['all']['mrr@20']:.4f}, on repeats {valid['repeat']['hr@20']:.4f}, on targets new to the session "
+                f"{valid['new_to_session']['hr@20']:.4f}; test HR@20 {test['all']['hr@20']:.4f}, on steady targets "
+                f"{test['steady']['hr@20']:.4f} ({time.time() - start:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ cut from the train and valid splits as `--valid_fraction` defines them, so model
 any valid split (or none) are scored on the same groups; and repeat / new_to_session. On valid
 (`--split=valid`): repeat / new_to_session. `--top_clicked=N` cuts new_to_session once more, by
 whether the target is among the N most clicked train items (what full rows for hot items could
-win back). Each model is WORKDIR or WORKDIR:CHECKPOINT
+win back). `--repeat_bonus=0,2,8` scores each model once per value of its ranking's bonus for the
+items the session already holds (model.repeat_bonus; no retraining: the bonus is inference only). Each model is WORKDIR or WORKDIR:CHECKPOINT
 (best, the default: the shipped model; select: a refit run's validation-selected one). Prints a
 markdown table whose `all` column is the run's own HR@20 / MRR@20 on that split; `--json_out` also writes
 the numbers.
@@ -34,6 +35,12 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "Examples scored at once."
 _TOP_CLICKED = flags.DEFINE_integer(
     "top_clicked", 0, "Also cut the new-to-session examples by whether the target is among this many most clicked train items (0: no)."
 )
+_REPEAT_BONUS = flags.DEFINE_list(
+    "repeat_bonus",
+    [],
+    "Also score every model with these model.repeat_bonus values (the ranking's bonus for the session's own items, "
+    "docs/method.md part 4); empty: each model's own.",
+)
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers as JSON.")
 
 
@@ -44,6 +51,7 @@ def main(argv):
     try:
         models = [groups_lib.parse_model(spec) for spec in _MODELS.value]
         labels = groups_lib.model_labels(models)
+        bonuses = groups_lib.parse_bonuses(_REPEAT_BONUS.value)
     except ConfigError as error:
         sys.exit(str(error))
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value, valid_fraction=_VALID_FRACTION.value)
@@ -60,7 +68,9 @@ def main(argv):
             trained = runs.load_trained(workdir, data.num_items, checkpoint=checkpoint)
         except ConfigError as error:
             sys.exit(str(error))
-        results[label] = groups_lib.group_metrics(groups_lib.ranks_on_split(trained, split, _BATCH_SIZE.value), groups)
+        for bonus, variant in groups_lib.with_repeat_bonuses(trained, bonuses):
+            name = label if bonus is None else f"{label} bonus {bonus:g}"
+            results[name] = groups_lib.group_metrics(groups_lib.ranks_on_split(variant, split, _BATCH_SIZE.value), groups)
     print(
         f"{_SPLIT.value} HR@20 / MRR@20 by target group ({data.name}, valid_fraction={_VALID_FRACTION.value}, "
         f"rising_factor={_RISING_FACTOR.value}; each group's share of the examples in brackets)"

@@ -126,6 +126,10 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # session: +0.03 test HR@20 for the Tmall teacher, docs/method.md) or 'mean' (METHOD.md's, and
     # what runs made before this field had). See rec_kd/models/sasrec.py READOUTS.
     config.model.readout = "mean+summary"
+    # Added to the ranking score of each item the session already holds (0: the paper's ranking).
+    # Inference only: the losses and the teacher's soft targets never see it, so it changes what is
+    # recommended (evaluation, epoch selection, export) and not what is learned. docs/method.md, part 4.
+    config.model.repeat_bonus = 0.0
 
     config.table = ml_collections.ConfigDict()
     # Student item table (rec_kd/compress): 'sttd', 'tt' (plain TT-matrix, t forced to 1), 'dense',

@@ -210,6 +210,21 @@ def factored_scores(g: GraphBuilder, cores: list[str], spec, session: str) -> st
 # ----------------------------------------------------------------------------------------------
 
 
+def session_item_bonus(g: GraphBuilder, num_items: int, bonus: float) -> str:
+    """(B, N) `bonus` at each item 1..N the session holds, else 0: SeqRecModel's repeat_bonus.
+
+    One scatter of the session's ids into a (B, N + 1) row of zeros (padding id 0 lands on column
+    0, which is cut off), so the cost is one catalogue-wide row per query and no (B, L, N) one-hot.
+    """
+    one = g.constant(np.asarray([1], np.int64))
+    batch = g.op("Slice", g.op("Shape", INPUT_ITEMS), g.constant(np.asarray([0], np.int64)), one)  # (1,)
+    shape = g.op("Concat", batch, g.constant(np.asarray([num_items + 1], np.int64)), axis=0)
+    zeros = g.op("ConstantOfShape", shape, value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    bonuses = g.op("ConstantOfShape", g.op("Shape", INPUT_ITEMS), value=helper.make_tensor("bonus", TensorProto.FLOAT, [1], [bonus]))
+    held = g.op("ScatterElements", zeros, INPUT_ITEMS, bonuses, axis=1)  # (B, N + 1); repeated ids write the same value
+    return g.op("Slice", held, one, g.constant(np.asarray([num_items + 1], np.int64)), one)  # (B, N)
+
+
 def transformer_block(g: GraphBuilder, x: str, allowed: str, params: dict, name: str, dim: int, num_heads: int) -> str:
     """rec_kd.models.layers.TransformerBlock at inference (no dropout)."""
     head_dim = dim // num_heads
@@ -323,6 +338,8 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
             g.constant(np.asarray([num_items + 1], np.int64)),
             g.constant(np.asarray([1], np.int64)),
         )  # (B, N)
+    if model.repeat_bonus:
+        real = g.op("Add", real, session_item_bonus(g, num_items, model.repeat_bonus))  # what the model ranks by
     top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
     g.nodes.append(helper.make_node("TopK", [real, g.constant(np.asarray([k], np.int64))], [top_scores, top_index], axis=-1))
     g.op("Add", top_index, g.constant(np.int64(1)), out=OUTPUT_IDS)
@@ -409,7 +426,7 @@ def jax_top_k(model, params, items: np.ndarray, lengths: np.ndarray, k: int) -> 
     import jax
 
     out = model.apply({"params": params}, items.astype(np.int32), lengths.astype(np.int32))
-    scores, index = jax.lax.top_k(out["scores"][:, 1:], k)  # table rows stop at N already
+    scores, index = jax.lax.top_k(out["ranking"][:, 1:], k)  # table rows stop at N already
     return np.asarray(index) + 1, np.asarray(scores)
 
 

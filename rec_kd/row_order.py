@@ -10,9 +10,12 @@ distinct rows, padding id 0 first.
   `table.row_order='shuffled'` (SeqRecModel.item_rows).
 - popularity_rows, spread_rows: maps from the train split's clicks, measured by
   launch/row_order_probe.py and not (yet) a model option.
+- clustered_rows: a map from a trained model's item embeddings (the teacher's), so that items
+  close in that space share first-core rows; measured by the probe, not (yet) a model option.
 """
 
 import numpy as np
+from scipy import optimize
 
 from rec_kd.data import session_data
 
@@ -60,4 +63,88 @@ def spread_rows(counts: np.ndarray, item_factors: tuple[int, int]) -> np.ndarray
     k = np.arange(len(counts))
     rows = np.empty(len(counts), np.int64)
     rows[by_count] = (k % first) * second + (k // first + k % first) % second
+    return rows
+
+
+def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(n, k) squared Euclidean distances, without the (n, k, d) difference array (GBs at catalogue size)."""
+    squared = (points**2).sum(1)[:, None] - 2 * points @ centres.T + (centres**2).sum(1)[None, :]
+    return np.maximum(squared, 0.0)
+
+
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(k, d) initial centres, each drawn with probability proportional to its squared distance from
+    the nearest centre drawn so far (k-means++), so that no two start in one tight group."""
+    centres = [points[rng.integers(len(points))]]
+    nearest = squared_distances(points, centres[0][None])[:, 0]
+    for _ in range(k - 1):
+        total = nearest.sum()
+        index = rng.choice(len(points), p=nearest / total) if total > 0 else rng.integers(len(points))
+        centres.append(points[index])
+        nearest = np.minimum(nearest, squared_distances(points, points[index][None])[:, 0])
+    return np.array(centres)
+
+
+def balanced_assignment(points: np.ndarray, centroids: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """(n,) cluster of each point: its nearest centroid that still has room (capacity[c] points at most).
+
+    Greedy in order of regret (how much farther a point's second choice is than its first), so the
+    points that lose most by moving choose first. Why greedy and not an exact assignment: the exact
+    one is an (n x sum(capacity)) problem, 37k x 37k on RetailRocket.
+    """
+    if capacity.sum() < len(points):
+        raise ValueError(f"{len(points)} points do not fit clusters holding {capacity.sum()}")
+    distances = squared_distances(points, centroids)
+    two_best = np.sort(distances, axis=1)[:, :2] if distances.shape[1] > 1 else np.zeros((len(points), 2))
+    room = capacity.astype(np.int64).copy()
+    clusters = np.empty(len(points), np.int64)
+    for i in np.argsort(two_best[:, 0] - two_best[:, 1], kind="stable"):  # largest regret first
+        open_distances = np.where(room > 0, distances[i], np.inf)
+        clusters[i] = int(np.argmin(open_distances))
+        room[clusters[i]] -= 1
+    return clusters
+
+
+def clustered_rows(embeddings: np.ndarray, item_factors: tuple[int, int], seed: int = 0, iterations: int = 8) -> np.ndarray:
+    """(N + 1,) rows of a 2-core table from (N + 1, d) item embeddings (padding id 0 first).
+
+    First index: a balanced k-means of the items into I_1 clusters of at most I_2 items, so items
+    close in the embedding space share the first core's row. Second index: a k-means of the items'
+    offsets from their cluster's centre into I_2 slots, each cluster's items matched to distinct
+    slots by an exact assignment, so items whose offsets are alike also share the second core's row.
+    Padding keeps row 0 (cluster 0, slot 0). Why: an STTD row is built from the factor rows its
+    indices pick, so which items share them decides what the table can tell apart (docs/method.md, part 3).
+    """
+    first, second = item_factors
+    points = np.asarray(embeddings, np.float64)[1:]
+    num_items = len(points)
+    if num_items + 1 > first * second:
+        raise ValueError(f"{num_items + 1} ids do not fit a {first} x {second} table")
+    rng = np.random.default_rng(seed)
+    capacity = np.full(first, second)
+    capacity[0] -= 1  # row 0 is padding's
+    centroids = kmeans_plus_plus(points, first, rng)
+    for _ in range(iterations):
+        clusters = balanced_assignment(points, centroids, capacity)
+        for c in range(first):
+            members = points[clusters == c]
+            if len(members):
+                centroids[c] = members.mean(0)
+    offsets = points - centroids[clusters]
+    slots = kmeans_plus_plus(offsets, second, rng)
+    for _ in range(iterations):  # plain k-means of the offsets: slots may hold any number of items
+        nearest = squared_distances(offsets, slots).argmin(1)
+        for j in range(second):
+            if np.any(nearest == j):
+                slots[j] = offsets[nearest == j].mean(0)
+    rows = np.zeros(num_items + 1, np.int64)
+    for c in range(first):
+        members = np.flatnonzero(clusters == c)
+        if not len(members):
+            continue
+        cost = squared_distances(offsets[members], slots)
+        if c == 0:
+            cost[:, 0] = cost.max() * len(members) + 1.0  # padding's slot: never the cheaper choice
+        items, chosen = optimize.linear_sum_assignment(cost)
+        rows[members[items] + 1] = c * second + chosen
     return rows

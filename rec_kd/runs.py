@@ -153,6 +153,11 @@ NOT_RECIPE = (
 )
 
 
+# Fields added after runs were made, with the value that gives those runs' numbers: a run whose
+# config.json has no such field ran under this value, so its recipe holds it (no drift to name).
+ADDED_FIELDS = {"model.repeat_bonus": 0.0}
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     """{'a': {'b': 1}} -> {'a.b': 1}."""
     flat = {}
@@ -187,7 +192,7 @@ def table_recipe(config: ml_collections.ConfigDict) -> dict:
 
 def recipe(config: ml_collections.ConfigDict) -> dict:
     """What decides a run's numbers, flat ('train.learning_rate' -> value, sorted by name), in JSON's types (tuples as lists)."""
-    flat = flatten(json.loads(json.dumps(config.to_dict())))
+    flat = ADDED_FIELDS | flatten(json.loads(json.dumps(config.to_dict())))
     kept = {name: value for name, value in flat.items() if not any(name == f or name.startswith(f + ".") for f in NOT_RECIPE)}
     return dict(sorted((kept | json.loads(json.dumps(table_recipe(config)))).items()))
 

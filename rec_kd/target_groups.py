@@ -17,6 +17,7 @@ re-recommending what the session holds; the two groups show how much of a model'
 `most_clicked_new_groups` cuts the new-to-session examples once more, by the target's popularity.
 """
 
+import dataclasses
 import functools
 import os
 
@@ -110,10 +111,29 @@ def model_labels(models: list[tuple[str, str]]) -> list[str]:
     return labels
 
 
+def parse_bonuses(values: list[str]) -> list[float]:
+    """--repeat_bonus's values as numbers; a word that is not one is a usage error naming it."""
+    try:
+        return [float(value) for value in values]
+    except ValueError:
+        raise ConfigError(f"--repeat_bonus: numbers expected, got {values}") from None
+
+
+def with_repeat_bonuses(trained: runs.TrainedModel, bonuses: list[float]) -> list[tuple[float | None, runs.TrainedModel]]:
+    """[(None, the model as trained)] when no bonus is asked for, else (bonus, the model ranking with it) for each.
+
+    The bonus is inference only (SeqRecModel.repeat_bonus), so a trained run is scored at any
+    bonus without retraining: the same parameters, another ranking.
+    """
+    if not bonuses:
+        return [(None, trained)]
+    return [(bonus, dataclasses.replace(trained, model=trained.model.clone(repeat_bonus=bonus))) for bonus in bonuses]
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_ranks(model, params, items, lengths, targets):
     """(B,) target ranks; the model (a hashable Flax module) is static, so one program serves every call."""
-    scores = model.apply({"params": params}, items, lengths)["scores"]
+    scores = model.apply({"params": params}, items, lengths)["ranking"]
     return evaluation.target_ranks(scores, targets)
 
 

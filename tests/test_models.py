@@ -223,3 +223,47 @@ def test_spread_rows_give_the_most_clicked_items_distinct_factor_rows():
     np.testing.assert_array_equal(row_order.popularity_rows(counts)[by_count], np.arange(1, 10))
     with pytest.raises(ValueError, match="do not fit a 2 x 4 table"):
         row_order.spread_rows(counts, (2, 4))
+
+
+def test_balanced_assignment_by_regret_hand_computed():
+    # Squared distances to the centres 0 and 10: (0, 100), (0.01, 98.01), (0.04, 96.04), (100, 0).
+    # Regrets -100, -98, -96, -100: points 0 and 3 choose first (0 -> c0, 3 -> c1), then 1 -> c0,
+    # which fills c0, so 2 goes to c1 though c0 is nearer.
+    points, centres = np.array([[0.0], [0.1], [0.2], [10.0]]), np.array([[0.0], [10.0]])
+    assert row_order.balanced_assignment(points, centres, np.array([2, 2])).tolist() == [0, 0, 1, 1]
+    assert row_order.balanced_assignment(points, centres, np.array([4, 4])).tolist() == [0, 0, 0, 1]
+    with pytest.raises(ValueError, match="4 points do not fit clusters holding 3"):
+        row_order.balanced_assignment(points, centres, np.array([2, 1]))
+
+
+def test_clustered_rows_put_close_items_on_one_first_core_row_and_alike_offsets_on_one_second():
+    # Three tight groups of three items (ids 1-3, 4-6, 7-9), each at offsets (1, 0), (-1, 0), (0, 0)
+    # from its centre, on a 3 x 4 table; padding (id 0) far from all.
+    offsets = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+    embeddings = np.concatenate([[[50.0, 50.0]], [100.0, 0.0] + offsets, [0.0, 100.0] + offsets, offsets])
+    for seed in range(4):
+        rows = row_order.clustered_rows(embeddings, (3, 4), seed=seed)
+        assert rows[0] == 0 and len(set(rows.tolist())) == 10 and rows.max() < 12
+        first, second = rows // 4, rows % 4
+        assert [len(set(first[group].tolist())) for group in ([1, 2, 3], [4, 5, 6], [7, 8, 9])] == [1, 1, 1]
+        assert len(set(first[1:].tolist())) == 3
+        # Groups off first-core row 0 (whose slot 0 is padding's) put each offset on one shared slot.
+        groups = [group for group in ([1, 2, 3], [4, 5, 6], [7, 8, 9]) if first[group[0]] != 0]
+        assert len(groups) == 2 and second[groups[0]].tolist() == second[groups[1]].tolist()
+    with pytest.raises(ValueError, match="10 ids do not fit a 3 x 3 table"):
+        row_order.clustered_rows(embeddings, (3, 3))
+
+
+def test_the_repeat_bonus_moves_the_ranking_of_the_sessions_items_and_nothing_else():
+    items = jnp.array([[3, 5, 3, 0], [7, 0, 0, 0]], jnp.int32)  # right-padded; item 3 twice
+    lengths = jnp.array([3, 1], jnp.int32)
+    plain = SeqRecModel(num_items=9, hidden_dim=8, inner_dim=8, max_len=4, dropout_rate=0.0)
+    boosted = plain.clone(repeat_bonus=2.5)
+    params = plain.init(jax.random.key(0), items, lengths)["params"]
+    out, out_boosted = plain.apply({"params": params}, items, lengths), boosted.apply({"params": params}, items, lengths)
+    np.testing.assert_array_equal(out_boosted["scores"], out["scores"])  # what the losses read is unchanged
+    np.testing.assert_array_equal(out["ranking"], out["scores"])
+    expected = np.zeros((2, 10), np.float32)
+    expected[0, [3, 5]] = 2.5  # once per item, however often it occurs; padding column 0 never
+    expected[1, 7] = 2.5
+    np.testing.assert_allclose(out_boosted["ranking"] - out_boosted["scores"], expected, rtol=0, atol=1e-6)

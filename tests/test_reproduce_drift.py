@@ -63,6 +63,16 @@ def test_a_student_run_before_the_shuffled_row_order_is_named(tmp_path):
     assert runs.config_drift(str(tmp_path / "teacher"), teacher) == []  # a dense table has no row order
 
 
+def test_a_run_from_before_the_repeat_bonus_ran_without_one(tmp_path):
+    expected = reproduce.config_from_overrides("tmall", "student", ())
+    ran = expected.to_dict()
+    del ran["model"]["repeat_bonus"]  # recorded before the field existed: ranked by the scores alone
+    write_run_config(tmp_path / "run", ran)
+    assert runs.config_drift(str(tmp_path / "run"), expected) == []
+    boosted = reproduce.config_from_overrides("tmall", "student", ("--config.model.repeat_bonus=8.0",))
+    assert runs.config_drift(str(tmp_path / "run"), boosted) == ["model.repeat_bonus: ran 0.0, the grid runs 8.0"]
+
+
 def test_a_started_run_with_drift_is_refused_and_a_finished_one_is_named(tmp_path):
     expected = reproduce.config_from_overrides("tmall", "student", ())
     ran = expected.to_dict()

@@ -62,6 +62,32 @@ def test_batched_ranks_match_one_numpy_pass_over_every_example():
     np.testing.assert_array_equal(ranks, expected)
 
 
+def test_a_repeat_bonus_ranks_each_held_item_that_much_higher_against_a_numpy_pass():
+    config = defaults.get_config("ml-100k", "teacher,smoke")
+    num_items, max_len = 30, config.data.max_len
+    model = build_model(config, num_items)
+    params = init_model_params(model, max_len, jax.random.key(3))
+    trained = runs.TrainedModel(model=model, params=params, step=0, workdir="", config=config)
+    items = np.zeros((3, max_len), np.int32)
+    items[0, :3], items[1, :2], items[2, :1] = [4, 9, 4], [7, 2], [5]
+    lengths = np.array([3, 2, 1], np.int32)
+    targets = np.array([9, 11, 5], np.int32)  # held, not held, held
+    split = session_data.Split(items=items, lengths=lengths, targets=targets, full_lengths=lengths)
+    scores = np.asarray(model.apply({"params": params}, items, lengths)["scores"])
+    assert model.repeat_bonus == 0.0
+    assert [bonus for bonus, _ in target_groups.with_repeat_bonuses(trained, [])] == [None]
+    for bonus, boosted in target_groups.with_repeat_bonuses(trained, [0.5, 3.0]):
+        assert boosted.model.repeat_bonus == bonus and boosted.params is params
+        ranking = scores.copy()
+        for row in range(3):
+            ranking[row, np.unique(items[row, : lengths[row]])] += bonus
+        expected = [int(np.sum(np.delete(ranking[row, 1:], t - 1) >= ranking[row, t])) for row, t in enumerate(targets)]
+        np.testing.assert_array_equal(target_groups.ranks_on_split(boosted, split, batch_size=2), expected)
+    assert target_groups.parse_bonuses(["0", "2.5"]) == [0.0, 2.5]
+    with pytest.raises(ConfigError, match="numbers expected"):
+        target_groups.parse_bonuses(["two"])
+
+
 def test_a_model_spec_names_its_checkpoint_or_defaults_to_best(tmp_path):
     assert target_groups.parse_model(f"{tmp_path}:select") == (str(tmp_path), "select")
     assert target_groups.parse_model(str(tmp_path)) == (str(tmp_path), "best")

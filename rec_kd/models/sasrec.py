@@ -35,6 +35,12 @@ def position_mask(lengths: jax.Array, length: int) -> jax.Array:
     return jnp.arange(length)[None, :] < lengths[:, None]
 
 
+def session_item_mask(items: jax.Array, num_columns: int) -> jax.Array:
+    """(B, L) right-padded item ids -> (B, C) float, 1 at the items the session holds (never column 0)."""
+    rows = jnp.arange(items.shape[0])[:, None]
+    return jnp.zeros((items.shape[0], num_columns), jnp.float32).at[rows, items].set(1.0).at[:, 0].set(0.0)
+
+
 def mask_padding_scores(scores: jax.Array) -> jax.Array:
     """Sets column 0 (the padding item) of (B, C) scores to PADDING_LOGIT."""
     return scores.at[:, 0].set(PADDING_LOGIT)
@@ -52,6 +58,11 @@ class SeqRecModel(nn.Module):
         rows shuffled by this seed (`item_rows`): benchmark ids number items in order of first
         appearance, so a structured table (STTD, TT, QR) indexed by raw ids makes the popular
         early items share factor rows (docs/method.md, "Where the student's HR@20 goes", part 3).
+      repeat_bonus: added to the `ranking` scores of the items the session already holds (0: the
+        paper's ranking, by `scores` alone). The losses read `scores` and never see it, so the
+        teacher's soft targets and every training step are the same at any bonus: it only changes
+        which items are recommended, and so the evaluation, the selection and the export
+        (docs/method.md, "Part 4: the items the session already holds").
     """
 
     num_items: int
@@ -65,6 +76,7 @@ class SeqRecModel(nn.Module):
     readout: str = "mean"
     table_spec: object | None = None
     row_order_seed: int | None = None
+    repeat_bonus: float = 0.0
 
     @property
     def spec(self):
@@ -136,11 +148,15 @@ class SeqRecModel(nn.Module):
         return self.readout_head(x, mask, x[jnp.arange(x.shape[0]), lengths])
 
     def __call__(self, items: jax.Array, lengths: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        """Returns {'session': (B, D), 'table': (N + 1, D), 'scores': (B, N + 1) with padding masked}."""
+        """Returns {'session': (B, D), 'table': (N + 1, D), 'scores': (B, N + 1) with padding masked,
+        'ranking': (B, N + 1), the scores recommendations are ranked by (`repeat_bonus`)}."""
         table = self.item_table()
         session = self.encode(table, items, lengths, train)
         scores = mask_padding_scores(session @ table.T)
-        return {"session": session, "table": table, "scores": scores}
+        ranking = scores
+        if self.repeat_bonus:
+            ranking = scores + self.repeat_bonus * session_item_mask(items, scores.shape[1])
+        return {"session": session, "table": table, "scores": scores, "ranking": ranking}
 
 
 # Kinds whose rows share factor rows by their ids' digits (STTD and TT: id // I_2, id % I_2; QR: quotient,
@@ -176,6 +192,7 @@ def build_model(config, num_items: int) -> SeqRecModel:
         readout=model_config.get("readout", "mean"),  # runs from before this field: 'mean'
         table_spec=table_spec_from_config(config, num_items),
         row_order_seed=row_order_seed(config),
+        repeat_bonus=float(model_config.get("repeat_bonus", 0.0)),  # runs from before this field: 0
     )
 
 
