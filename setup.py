@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "numpy>=2.0",
+    "scipy>=1.11",  # also jax's own; rec_kd.row_order.clustered_rows matches items to slots with it
     "absl-py>=2.1",
     "ml-collections>=1.0",
     "tensorboardX>=2.6",

@@ -9,8 +9,8 @@ any valid split (or none) are scored on the same groups; and repeat / new_to_ses
 (`--split=valid`): repeat / new_to_session. `--top_clicked=N` cuts new_to_session once more, by
 whether the target is among the N most clicked train items (what full rows for hot items could
 win back). `--repeat_bonus=0,2,8` scores each model once per value of its ranking's bonus for the
-items the session already holds (model.repeat_bonus; no retraining: the bonus is inference only). Each model is WORKDIR or WORKDIR:CHECKPOINT
-(best, the default: the shipped model; select: a refit run's validation-selected one). Prints a
+items the session already holds (model.repeat_bonus; no retraining: the bonus is inference only).
+Each model is WORKDIR or WORKDIR:CHECKPOINT (best, the default: the shipped model; select: a refit run's validation-selected one). Prints a
 markdown table whose `all` column is the run's own HR@20 / MRR@20 on that split; `--json_out` also writes
 the numbers.
 """

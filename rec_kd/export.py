@@ -358,7 +358,7 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
 def build_onnx_model(
     model, params, num_items: int, mode: str = "materialized", k: int = 20, quantize: str | None = None, metadata: dict | None = None
 ) -> onnx.ModelProto:
-    """A checked ONNX model; `metadata` (plus num_items, max_len, k, mode) goes in metadata_props."""
+    """A checked ONNX model; `metadata` (plus num_items, max_len, k, mode, repeat_bonus) goes in metadata_props."""
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; expected int8 or none")
     graph = build_graph(model, params, num_items, mode, k, quantize)
@@ -371,6 +371,7 @@ def build_onnx_model(
         "k": k,
         "table_mode": table_mode,
         "quantize": quantize or "none",
+        "repeat_bonus": model.repeat_bonus,
         **(metadata or {}),
     }
     helper.set_model_props(onnx_model, {key: str(value) for key, value in props.items()})
@@ -410,11 +411,18 @@ def load_workdir(workdir: str):
         raise ExportError(str(error)) from None
 
 
-def export_workdir(workdir: str, out: str, mode: str = "materialized", k: int = 20, quantize: str | None = None) -> str:
-    """Writes the run's model to `out` (+ '.onnx' if missing); returns the path written."""
+def export_workdir(
+    workdir: str, out: str, mode: str = "materialized", k: int = 20, quantize: str | None = None, repeat_bonus: float | None = None
+) -> str:
+    """Writes the run's model to `out` (+ '.onnx' if missing); returns the path written.
+
+    `repeat_bonus` (None: the run's own model.repeat_bonus) ranks the session's own items up by that
+    much; it is inference only, so any finished run can ship with any bonus.
+    """
     trained, num_items = load_workdir(workdir)
+    model = trained.model if repeat_bonus is None else trained.model.clone(repeat_bonus=repeat_bonus)
     metadata = {"stage": trained.config.stage, "workdir": os.path.abspath(workdir), "step": trained.step}
-    onnx_model = build_onnx_model(trained.model, trained.params, num_items, mode, k, quantize, metadata)
+    onnx_model = build_onnx_model(model, trained.params, num_items, mode, k, quantize, metadata)
     path = out if out.endswith(".onnx") else out + ".onnx"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     onnx.save_model(onnx_model, path)
@@ -437,9 +445,13 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default="materialized", choices=MODES, help="STTD table mode (ignored for a dense table)")
     parser.add_argument("--quantize", default="none", choices=("none", "int8"))
     parser.add_argument("--k", type=int, default=20, help="number of items returned (fixed in the file)")
+    parser.add_argument(
+        "--repeat_bonus", type=float, default=None, help="ranking bonus for the session's own items (default: the run's model.repeat_bonus)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = export_workdir(args.workdir, args.out, args.mode, args.k, None if args.quantize == "none" else args.quantize)
+        quantize = None if args.quantize == "none" else args.quantize
+        path = export_workdir(args.workdir, args.out, args.mode, args.k, quantize, args.repeat_bonus)
     except ExportError as error:
         print(f"rec_kd.export: {error}", file=sys.stderr)
         return 1

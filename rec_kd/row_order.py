@@ -15,7 +15,6 @@ distinct rows, padding id 0 first.
 """
 
 import numpy as np
-from scipy import optimize
 
 from rec_kd.data import session_data
 
@@ -115,6 +114,8 @@ def clustered_rows(embeddings: np.ndarray, item_factors: tuple[int, int], seed: 
     Padding keeps row 0 (cluster 0, slot 0). Why: an STTD row is built from the factor rows its
     indices pick, so which items share them decides what the table can tell apart (docs/method.md, part 3).
     """
+    from scipy import optimize  # the exact per-cluster matching; only this order needs scipy
+
     first, second = item_factors
     points = np.asarray(embeddings, np.float64)[1:]
     num_items = len(points)

@@ -394,13 +394,20 @@ def test_a_repeat_bonus_is_exported_and_puts_the_sessions_items_first(student, q
     _, params = student  # the same parameters, ranked with a bonus for the session's own items
     bonus = 100.0  # above any score gap of this model: the items a session holds come before all others
     model = SeqRecModel(
-        num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, table_spec=SPEC, repeat_bonus=bonus
+        num_items=NUM_ITEMS,
+        hidden_dim=16,
+        num_heads=2,
+        inner_dim=16,
+        dropout_rate=0.0,
+        max_len=MAX_LEN,
+        table_spec=SPEC,
+        repeat_bonus=bonus,
     )
     ids, scores = serving.Recommender.load(write_model(tmp_path, model, params, mode)).run(*queries)
     ref_ids, ref_scores = export.jax_top_k(model, params, *queries, 20)
     assert_same_top_k(ids, scores, ref_ids, ref_scores)
     items, lengths = queries
-    for row, session, length in zip(ids, items, lengths):
+    for row, session, length in zip(ids, items, lengths, strict=True):
         held = set(session[:length].tolist())
         assert set(row[: len(held)].tolist()) == held  # the distinct session items fill the first places
     plain = tiny_model(SPEC).apply({"params": params}, *queries)["scores"][:, 1:]

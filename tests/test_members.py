@@ -118,3 +118,15 @@ def test_vmapped_mixed_dim_students_train_checkpoint_and_export(teacher_members,
     items, lengths = data.test.items[:16], data.test.lengths[:16]
     ids, scores = serving.Recommender.load(path).run(items, lengths)
     assert_same_top_k(ids, scores, *export.jax_top_k(trained.model, trained.params, items, lengths, 20))
+    # The same run shipped with its session's own items ranked first: the bonus is the export's choice.
+    boosted = export.export_workdir(str(workdirs[1]), str(tmp_path / "boosted.onnx"), repeat_bonus=1000.0)
+    assert serving.Recommender.load(path).session.get_modelmeta().custom_metadata_map["repeat_bonus"] == "0.0"
+    assert serving.Recommender.load(boosted).session.get_modelmeta().custom_metadata_map["repeat_bonus"] == "1000.0"
+    short_lengths = np.minimum(lengths, 5)  # ml-100k sessions are long: keep each one's first 5 items
+    short_items = np.where(np.arange(items.shape[1])[None, :] < short_lengths[:, None], items, 0)
+    boosted_ids, _ = serving.Recommender.load(boosted).run(short_items, short_lengths)
+    plain_ids, _ = serving.Recommender.load(path).run(short_items, short_lengths)
+    for row, plain, session, length in zip(boosted_ids, plain_ids, short_items, short_lengths, strict=True):
+        held = set(session[:length].tolist())
+        assert set(row[: len(held)].tolist()) == held  # the session's distinct items, first
+        assert row[len(held) :].tolist() == [i for i in plain.tolist() if i not in held][: 20 - len(held)]  # then the model's order

@@ -38,12 +38,17 @@ def test_group_metrics_by_hand():
     assert rows["all"] == pytest.approx({"share": 1.0, "hr@20": 0.8, "mrr@20": 1.5 / 5})
 
 
-def test_batched_ranks_match_one_numpy_pass_over_every_example():
+def untrained_model() -> runs.TrainedModel:
+    """The smoke teacher over 30 items, freshly initialised: ranks to check, not to be good."""
     config = defaults.get_config("ml-100k", "teacher,smoke")
-    num_items, max_len = 30, config.data.max_len
-    model = build_model(config, num_items)
-    params = init_model_params(model, max_len, jax.random.key(3))
-    trained = runs.TrainedModel(model=model, params=params, step=0, workdir="", config=config)
+    model = build_model(config, 30)
+    params = init_model_params(model, config.data.max_len, jax.random.key(3))
+    return runs.TrainedModel(model=model, params=params, step=0, workdir="", config=config)
+
+
+def test_batched_ranks_match_one_numpy_pass_over_every_example():
+    trained = untrained_model()
+    model, params, num_items, max_len = trained.model, trained.params, 30, trained.config.data.max_len
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 6, size=7).astype(np.int32)
     items = np.zeros((7, max_len), np.int32)
@@ -63,11 +68,8 @@ def test_batched_ranks_match_one_numpy_pass_over_every_example():
 
 
 def test_a_repeat_bonus_ranks_each_held_item_that_much_higher_against_a_numpy_pass():
-    config = defaults.get_config("ml-100k", "teacher,smoke")
-    num_items, max_len = 30, config.data.max_len
-    model = build_model(config, num_items)
-    params = init_model_params(model, max_len, jax.random.key(3))
-    trained = runs.TrainedModel(model=model, params=params, step=0, workdir="", config=config)
+    trained = untrained_model()
+    model, params, max_len = trained.model, trained.params, trained.config.data.max_len
     items = np.zeros((3, max_len), np.int32)
     items[0, :3], items[1, :2], items[2, :1] = [4, 9, 4], [7, 2], [5]
     lengths = np.array([3, 2, 1], np.int32)
