@@ -38,8 +38,8 @@ _TOP_CLICKED = flags.DEFINE_integer(
 _REPEAT_BONUS = flags.DEFINE_list(
     "repeat_bonus",
     [],
-    "Also score every model with these model.repeat_bonus values (the ranking's bonus for the session's own items, "
-    "docs/method.md part 4); empty: each model's own.",
+    "Score every model with each of these model.repeat_bonus values instead of its own (the ranking's bonus for the "
+    "session's own items, docs/method.md part 4); empty: each model's own.",
 )
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers as JSON.")
 

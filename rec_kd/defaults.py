@@ -127,8 +127,8 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # what runs made before this field had). See rec_kd/models/sasrec.py READOUTS.
     config.model.readout = "mean+summary"
     # Added to the ranking score of each item the session already holds (0: the paper's ranking).
-    # Inference only: the losses and the teacher's soft targets never see it, so it changes what is
-    # recommended (evaluation, epoch selection, export) and not what is learned. docs/method.md, part 4.
+    # The losses and the teacher's soft targets never see it (every gradient is the same); it changes
+    # what is recommended: evaluation, and so epoch selection and refit length, and export. method.md part 4.
     config.model.repeat_bonus = 0.0
 
     config.table = ml_collections.ConfigDict()

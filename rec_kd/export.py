@@ -210,19 +210,26 @@ def factored_scores(g: GraphBuilder, cores: list[str], spec, session: str) -> st
 # ----------------------------------------------------------------------------------------------
 
 
-def session_item_bonus(g: GraphBuilder, num_items: int, bonus: float) -> str:
+def session_item_bonus(g: GraphBuilder, num_items: int, bonus: float, length: int) -> str:
     """(B, N) `bonus` at each item 1..N the session holds, else 0: SeqRecModel's repeat_bonus.
 
-    One scatter of the session's ids into a (B, N + 1) row of zeros (padding id 0 lands on column
-    0, which is cut off), so the cost is one catalogue-wide row per query and no (B, L, N) one-hot.
+    The ids at positions before the session's length are counted into a (B, N + 1) row of zeros
+    (ScatterElements with reduction 'add', so repeated ids and the padding id 0 are well defined;
+    column 0 is cut off), and a count above 0 gets the bonus: one catalogue-wide row per query and
+    no (B, L, N) one-hot.
     """
     one = g.constant(np.asarray([1], np.int64))
+    positions = g.constant(np.arange(length, dtype=np.int32)[None, :])  # (1, L)
+    inside = g.op("Less", positions, g.unsqueeze(INPUT_LENGTHS, [1]))  # (B, L)
+    held_ids = g.op("Where", inside, INPUT_ITEMS, g.constant(np.zeros((1, 1), np.int32)))  # (B, L); past the length: 0
     batch = g.op("Slice", g.op("Shape", INPUT_ITEMS), g.constant(np.asarray([0], np.int64)), one)  # (1,)
     shape = g.op("Concat", batch, g.constant(np.asarray([num_items + 1], np.int64)), axis=0)
     zeros = g.op("ConstantOfShape", shape, value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
-    bonuses = g.op("ConstantOfShape", g.op("Shape", INPUT_ITEMS), value=helper.make_tensor("bonus", TensorProto.FLOAT, [1], [bonus]))
-    held = g.op("ScatterElements", zeros, INPUT_ITEMS, bonuses, axis=1)  # (B, N + 1); repeated ids write the same value
-    return g.op("Slice", held, one, g.constant(np.asarray([num_items + 1], np.int64)), one)  # (B, N)
+    ones = g.op("ConstantOfShape", g.op("Shape", INPUT_ITEMS), value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+    counts = g.op("ScatterElements", zeros, held_ids, ones, axis=1, reduction="add")  # (B, N + 1)
+    held = g.op("Cast", g.op("Greater", counts, g.constant(np.zeros((1, 1), np.float32))), to=TensorProto.FLOAT)
+    bonuses = g.op("Mul", held, g.constant(np.full((1, 1), bonus, np.float32)))
+    return g.op("Slice", bonuses, one, g.constant(np.asarray([num_items + 1], np.int64)), one)  # (B, N)
 
 
 def transformer_block(g: GraphBuilder, x: str, allowed: str, params: dict, name: str, dim: int, num_heads: int) -> str:
@@ -339,7 +346,7 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
             g.constant(np.asarray([1], np.int64)),
         )  # (B, N)
     if model.repeat_bonus:
-        real = g.op("Add", real, session_item_bonus(g, num_items, model.repeat_bonus))  # what the model ranks by
+        real = g.op("Add", real, session_item_bonus(g, num_items, model.repeat_bonus, length))  # what the model ranks by
     top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
     g.nodes.append(helper.make_node("TopK", [real, g.constant(np.asarray([k], np.int64))], [top_scores, top_index], axis=-1))
     g.op("Add", top_index, g.constant(np.int64(1)), out=OUTPUT_IDS)
@@ -449,6 +456,8 @@ def main(argv=None) -> int:
         "--repeat_bonus", type=float, default=None, help="ranking bonus for the session's own items (default: the run's model.repeat_bonus)"
     )
     args = parser.parse_args(argv)
+    if args.repeat_bonus is not None and not math.isfinite(args.repeat_bonus):
+        parser.error(f"--repeat_bonus={args.repeat_bonus}: give a finite number (1000 puts the session's own items first)")
     try:
         quantize = None if args.quantize == "none" else args.quantize
         path = export_workdir(args.workdir, args.out, args.mode, args.k, quantize, args.repeat_bonus)

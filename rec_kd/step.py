@@ -117,7 +117,7 @@ def make_metric_sums_fn(model, ks):
     """metric_sums(params, batch, constants) -> weighted sums of every rank metric (all and cold)."""
 
     def metric_sums(params, batch, constants):
-        scores = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=False)["ranking"]
-        return evaluation.weighted_metric_sums(scores, batch["targets"], batch["weights"], constants["cold_mask"], ks)
+        ranking = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=False)["ranking"]
+        return evaluation.weighted_metric_sums(ranking, batch["targets"], batch["weights"], constants["cold_mask"], ks)
 
     return metric_sums

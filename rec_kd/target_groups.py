@@ -19,6 +19,7 @@ re-recommending what the session holds; the two groups show how much of a model'
 
 import dataclasses
 import functools
+import math
 import os
 
 import jax
@@ -112,11 +113,14 @@ def model_labels(models: list[tuple[str, str]]) -> list[str]:
 
 
 def parse_bonuses(values: list[str]) -> list[float]:
-    """--repeat_bonus's values as numbers; a word that is not one is a usage error naming it."""
+    """--repeat_bonus's values as distinct finite numbers; anything else is an error naming the values."""
     try:
-        return [float(value) for value in values]
+        bonuses = [float(value) for value in values]
     except ValueError:
         raise ConfigError(f"--repeat_bonus: numbers expected, got {values}") from None
+    if not all(math.isfinite(bonus) for bonus in bonuses) or len(set(bonuses)) < len(bonuses):
+        raise ConfigError(f"--repeat_bonus: distinct finite numbers expected, got {values} (1000 puts the session's own items first)")
+    return bonuses
 
 
 def with_repeat_bonuses(trained: runs.TrainedModel, bonuses: list[float]) -> list[tuple[float | None, runs.TrainedModel]]:

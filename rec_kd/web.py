@@ -225,7 +225,11 @@ def build(workdir: str, out: str, quantize: str = "int8", k: int = EXPORT_K, run
     names = item_names(dataset)
     os.makedirs(out, exist_ok=True)
     try:
-        model_path = export.export_workdir(workdir, os.path.join(out, MODEL_FILE), k=k, quantize=None if quantize == "none" else quantize)
+        # repeat_bonus=0: the page hides the session's own items, so a bonus that ranks them first
+        # would only push the recommendations it shows out of the exported top k.
+        model_path = export.export_workdir(
+            workdir, os.path.join(out, MODEL_FILE), k=k, quantize=None if quantize == "none" else quantize, repeat_bonus=0.0
+        )
     except export.ExportError as error:
         raise WebError(f"{workdir}: cannot export the run's model ({error})") from None
     return build_folder(model_path, out, dataset, names, runtime)

@@ -9,7 +9,8 @@ import pytest
 
 from rec_kd import defaults, row_order
 from rec_kd.compress import sttd
-from rec_kd.models import DistillHeads, SeqRecModel
+from rec_kd.defaults import ConfigError
+from rec_kd.models import DistillHeads, SeqRecModel, build_model
 from rec_kd.models.sasrec import row_order_seed
 
 NUM_ITEMS, DIM, MAX_LEN = 7, 4, 3
@@ -255,7 +256,7 @@ def test_clustered_rows_put_close_items_on_one_first_core_row_and_alike_offsets_
 
 
 def test_the_repeat_bonus_moves_the_ranking_of_the_sessions_items_and_nothing_else():
-    items = jnp.array([[3, 5, 3, 0], [7, 0, 0, 0]], jnp.int32)  # right-padded; item 3 twice
+    items = jnp.array([[3, 5, 3, 0], [7, 4, 0, 0]], jnp.int32)  # item 3 twice; row 1's 4 is past its length
     lengths = jnp.array([3, 1], jnp.int32)
     plain = SeqRecModel(num_items=9, hidden_dim=8, inner_dim=8, max_len=4, dropout_rate=0.0)
     boosted = plain.clone(repeat_bonus=2.5)
@@ -265,5 +266,9 @@ def test_the_repeat_bonus_moves_the_ranking_of_the_sessions_items_and_nothing_el
     np.testing.assert_array_equal(out["ranking"], out["scores"])
     expected = np.zeros((2, 10), np.float32)
     expected[0, [3, 5]] = 2.5  # once per item, however often it occurs; padding column 0 never
-    expected[1, 7] = 2.5
+    expected[1, 7] = 2.5  # not item 4: the session is [7]
     np.testing.assert_allclose(out_boosted["ranking"] - out_boosted["scores"], expected, rtol=0, atol=1e-6)
+    config = defaults.get_config("ml-100k", "teacher")
+    config.model.repeat_bonus = float("inf")  # would make every other item's ranking nan
+    with pytest.raises(ConfigError, match="give a finite number"):
+        build_model(config, 9)

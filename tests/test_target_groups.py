@@ -88,6 +88,9 @@ def test_a_repeat_bonus_ranks_each_held_item_that_much_higher_against_a_numpy_pa
     assert target_groups.parse_bonuses(["0", "2.5"]) == [0.0, 2.5]
     with pytest.raises(ConfigError, match="numbers expected"):
         target_groups.parse_bonuses(["two"])
+    for values in (["inf"], ["nan"], ["1", "1.0"]):  # a nan ranking, or two rows under one label
+        with pytest.raises(ConfigError, match="distinct finite numbers expected"):
+            target_groups.parse_bonuses(values)
 
 
 def test_a_model_spec_names_its_checkpoint_or_defaults_to_best(tmp_path):

@@ -6,6 +6,8 @@ table is materialised from the spec's parameters once per call and used for both
 and the full-catalogue scores, so the compressed parameters get gradients through both paths.
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,10 +37,15 @@ def position_mask(lengths: jax.Array, length: int) -> jax.Array:
     return jnp.arange(length)[None, :] < lengths[:, None]
 
 
-def session_item_mask(items: jax.Array, num_columns: int) -> jax.Array:
-    """(B, L) right-padded item ids -> (B, C) float, 1 at the items the session holds (never column 0)."""
+def session_item_mask(items: jax.Array, lengths: jax.Array, num_columns: int) -> jax.Array:
+    """(B, L) item ids with (B,) lengths -> (B, C) bool, true at the items the session holds.
+
+    Ids at positions past a session's length are not its items (the encoder never reads them), and
+    column 0, the padding item, is never held.
+    """
+    held = jnp.where(position_mask(lengths, items.shape[1]), items, 0)
     rows = jnp.arange(items.shape[0])[:, None]
-    return jnp.zeros((items.shape[0], num_columns), jnp.float32).at[rows, items].set(1.0).at[:, 0].set(0.0)
+    return jnp.zeros((items.shape[0], num_columns), bool).at[rows, held].set(True).at[:, 0].set(False)
 
 
 def mask_padding_scores(scores: jax.Array) -> jax.Array:
@@ -60,9 +67,9 @@ class SeqRecModel(nn.Module):
         early items share factor rows (docs/method.md, "Where the student's HR@20 goes", part 3).
       repeat_bonus: added to the `ranking` scores of the items the session already holds (0: the
         paper's ranking, by `scores` alone). The losses read `scores` and never see it, so the
-        teacher's soft targets and every training step are the same at any bonus: it only changes
-        which items are recommended, and so the evaluation, the selection and the export
-        (docs/method.md, "Part 4: the items the session already holds").
+        teacher's soft targets and every gradient are the same at any bonus; what it changes is
+        which items are recommended: the evaluation, and through it the epoch selection, early
+        stopping and refit length, and the export (docs/method.md, "Part 4").
     """
 
     num_items: int
@@ -155,7 +162,7 @@ class SeqRecModel(nn.Module):
         scores = mask_padding_scores(session @ table.T)
         ranking = scores
         if self.repeat_bonus:
-            ranking = scores + self.repeat_bonus * session_item_mask(items, scores.shape[1])
+            ranking = jnp.where(session_item_mask(items, lengths, scores.shape[1]), scores + self.repeat_bonus, scores)
         return {"session": session, "table": table, "scores": scores, "ranking": ranking}
 
 
@@ -192,8 +199,16 @@ def build_model(config, num_items: int) -> SeqRecModel:
         readout=model_config.get("readout", "mean"),  # runs from before this field: 'mean'
         table_spec=table_spec_from_config(config, num_items),
         row_order_seed=row_order_seed(config),
-        repeat_bonus=float(model_config.get("repeat_bonus", 0.0)),  # runs from before this field: 0
+        repeat_bonus=finite_repeat_bonus(model_config.get("repeat_bonus", 0.0)),  # runs from before this field: 0
     )
+
+
+def finite_repeat_bonus(value) -> float:
+    """model.repeat_bonus as a float; inf or nan is an error (1000 already ranks the session's items first)."""
+    bonus = float(value)
+    if not math.isfinite(bonus):
+        raise ConfigError(f"model.repeat_bonus={value!r}: give a finite number (1000 puts the session's own items first)")
+    return bonus
 
 
 def init_model_params(model: SeqRecModel, max_len: int, key) -> dict:
