@@ -111,9 +111,9 @@ def main(argv):
     groups = target_groups.target_groups(data.train.targets, data.valid.targets, data.test.targets, data.num_items, 4.0)
     valid_groups = target_groups.repeat_groups(data.valid)
     print(f"{_DATASET.value}: teacher {_TEACHER.value} (select), table {spec}, {_STEPS.value} steps a fit")
+    teacher_table = np.asarray(teacher.params["item_embedding"])
     for order in _ORDERS.value:
         start = time.time()
-        teacher_table = np.asarray(teacher.params["item_embedding"])
         rows = item_rows(order, counts, spec, teacher_table)
         table, relative_error = fit_table(teacher_table, weights, rows, spec, _STEPS.value)
         fitted = runs.TrainedModel(

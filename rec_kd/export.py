@@ -456,8 +456,14 @@ def main(argv=None) -> int:
         "--repeat_bonus", type=float, default=None, help="ranking bonus for the session's own items (default: the run's model.repeat_bonus)"
     )
     args = parser.parse_args(argv)
-    if args.repeat_bonus is not None and not math.isfinite(args.repeat_bonus):
-        parser.error(f"--repeat_bonus={args.repeat_bonus}: give a finite number (1000 puts the session's own items first)")
+    if args.repeat_bonus is not None:
+        from rec_kd.defaults import ConfigError
+        from rec_kd.models.sasrec import finite_repeat_bonus  # JAX; the export needs it anyway
+
+        try:
+            finite_repeat_bonus(args.repeat_bonus, "--repeat_bonus")
+        except ConfigError as error:
+            parser.error(str(error))
     try:
         quantize = None if args.quantize == "none" else args.quantize
         path = export_workdir(args.workdir, args.out, args.mode, args.k, quantize, args.repeat_bonus)

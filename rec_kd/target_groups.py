@@ -28,6 +28,7 @@ import numpy as np
 from rec_kd import evaluation, runs
 from rec_kd.data import session_data
 from rec_kd.defaults import ConfigError
+from rec_kd.models import sasrec
 
 GROUPS = ("new_in_valid", "rising", "steady", "unseen")
 
@@ -119,7 +120,7 @@ def parse_bonuses(values: list[str]) -> list[float]:
     except ValueError:
         raise ConfigError(f"--repeat_bonus: numbers expected, got {values}") from None
     if not all(math.isfinite(bonus) for bonus in bonuses) or len(set(bonuses)) < len(bonuses):
-        raise ConfigError(f"--repeat_bonus: distinct finite numbers expected, got {values} (1000 puts the session's own items first)")
+        raise ConfigError(f"--repeat_bonus: distinct finite numbers expected, got {values} ({sasrec.FINITE_BONUS_HINT})")
     return bonuses
 
 
@@ -137,8 +138,8 @@ def with_repeat_bonuses(trained: runs.TrainedModel, bonuses: list[float]) -> lis
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_ranks(model, params, items, lengths, targets):
     """(B,) target ranks; the model (a hashable Flax module) is static, so one program serves every call."""
-    scores = model.apply({"params": params}, items, lengths)["ranking"]
-    return evaluation.target_ranks(scores, targets)
+    ranking = model.apply({"params": params}, items, lengths)["ranking"]
+    return evaluation.target_ranks(ranking, targets)
 
 
 def ranks_on_split(trained: runs.TrainedModel, split: session_data.Split, batch_size: int) -> np.ndarray:

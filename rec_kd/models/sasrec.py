@@ -203,11 +203,16 @@ def build_model(config, num_items: int) -> SeqRecModel:
     )
 
 
-def finite_repeat_bonus(value) -> float:
-    """model.repeat_bonus as a float; inf or nan is an error (1000 already ranks the session's items first)."""
+# Why a bonus must be finite: inf would make every other item's ranking nan (0 * inf), and 1000 already
+# puts the session's own items first.
+FINITE_BONUS_HINT = "give a finite number: 1000 puts the session's own items first"
+
+
+def finite_repeat_bonus(value, name: str = "model.repeat_bonus") -> float:
+    """A repeat bonus as a float; inf or nan is an error naming `name` (a config field or a flag)."""
     bonus = float(value)
     if not math.isfinite(bonus):
-        raise ConfigError(f"model.repeat_bonus={value!r}: give a finite number (1000 puts the session's own items first)")
+        raise ConfigError(f"{name}={value!r}: {FINITE_BONUS_HINT}")
     return bonus
 
 
