@@ -165,13 +165,17 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # (0 = round(hot_dim * cold_ratio), at least 1), each block projected to d. hot_rows is filled
     # from the data when the run starts (the packed hot mask; rec_kd/compress/mixed_dim.py).
     config.table.mixed_dim = ml_collections.ConfigDict({"hot_dim": 0, "cold_dim": 0, "cold_ratio": 0.25, "hot_rows": ""})
-    # Which table row holds each item: 'id' (item i is row i, the paper's) or 'shuffled' (a fixed
-    # random permutation drawn from row_order_seed). Benchmark ids follow first appearance, so with
-    # 'id' the popular early items share STTD / TT / QR factor rows (docs/method.md, part 3).
-    # Only sttd, tt and qr tables read it (models.ROW_ORDER_KINDS); Tmall and RetailRocket
-    # shuffle (below).
+    # Which table row holds each item: 'id' (item i is row i, the paper's), 'shuffled' (a fixed
+    # random permutation drawn from row_order_seed) or 'clustered' (items close in the teacher's
+    # select-phase table share first-core rows; a k-means seeded by row_order_seed, two-core STTD /
+    # TT only). Benchmark ids follow first appearance, so with 'id' the popular early items share
+    # STTD / TT / QR factor rows (docs/method.md, parts 3 and 4). Only sttd, tt and qr tables read
+    # it (models.ROW_ORDER_KINDS); Tmall shuffles, RetailRocket keeps the id order (MAIN_ROW_ORDER).
     config.table.row_order = "id"
     config.table.row_order_seed = 0
+    # The 'clustered' order's item -> row map (row_order.encode_item_rows), filled when the run
+    # starts and kept in its config.json, so that a resume and an export need no teacher. Leave empty.
+    config.table.item_rows = ""
 
     config.distill = ml_collections.ConfigDict()
     # lambda: weight of soft-target KD; the rec loss gets 1 - lambda.

@@ -8,7 +8,7 @@ import numpy as np
 
 from rec_kd.compress import TABLE_PARAM_NAMES
 from rec_kd.models import table_kind
-from rec_kd.models.sasrec import row_order_seed
+from rec_kd.models.sasrec import row_order
 
 
 def count_params(tree) -> int:
@@ -83,7 +83,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         padded = config.table.kind in ("sttd", "tt")
         dense_rows = int(np.prod(config.table.item_factors)) if padded else data.num_items + 1
         results["embedding_compression"] = dense_rows * dim / item_table
-        if row_order_seed(config) is not None:
+        if row_order(config) != "id":
             # The item -> row map is not a parameter, but an exported model stores it (int32, N + 1),
             # unless the app relabels its catalogue in row order instead: both ratios are reported.
             results["bytes"]["item_rows_int32"] = 4 * (data.num_items + 1)

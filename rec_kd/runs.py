@@ -12,13 +12,14 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from rec_kd import checkpointing, compress
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
 from rec_kd.models import build_model, init_model_params, resolve_table_config
-from rec_kd.models.sasrec import row_order_seed, table_kind, table_options
+from rec_kd.models.sasrec import row_order, table_kind, table_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,16 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
     return teacher
 
 
+def teacher_item_table(config, data: data_lib.SessionData) -> np.ndarray:
+    """(N + 1, D) item table of the teacher a student's select phase distils from (load_teacher's checks included).
+
+    What the 'clustered' row order clusters: the model that never saw valid when the student
+    selects on valid, so a map used in both phases leaks nothing into the selection.
+    """
+    teacher = load_teacher(config, data, phase="select")
+    return np.asarray(teacher.model.apply({"params": teacher.params}, method=lambda model: model.item_table()))
+
+
 # Fields left out of a run's recipe. Where it reads and writes (`data_dir`; `teacher_workdir`, as
 # roots move: the trainer checks the teacher's checkpoint and step itself, use_phase_teacher), how
 # often it logs and saves, how it spreads over processes, how many examples one evaluation batch
@@ -173,8 +184,9 @@ def table_recipe(config: ml_collections.ConfigDict) -> dict:
     A teacher's table is dense whatever its table section says, and a kind ignores the other
     kinds' options, so only these are compared. `config` must be resolved (with_resolved_table):
     then the sizes are explicit and the fields they were chosen from (budget, target_compression)
-    add nothing. `row_order_seed` is the effective one (None: the id order, also for kinds that
-    have no row order).
+    add nothing. `row_order` and `row_order_seed` are the effective ones ('id' and None also for
+    kinds that have no row order). A clustered order's map (table.item_rows) is not compared: it
+    follows from the seed and the teacher, whose checkpoint and step the trainer checks itself.
     """
     kind = table_kind(config)
     fields = {"table.kind": kind}
@@ -186,7 +198,9 @@ def table_recipe(config: ml_collections.ConfigDict) -> dict:
     options.pop("hot_rows", None)
     prefix = f"table.{kind}." if kind in compress.OPTION_KINDS else "table."
     fields.update({prefix + name: value for name, value in options.items()})
-    fields["table.row_order_seed"] = row_order_seed(config)
+    order = row_order(config)
+    fields["table.row_order"] = order
+    fields["table.row_order_seed"] = None if order == "id" else int(config.table.row_order_seed)
     return fields
 
 

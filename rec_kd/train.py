@@ -25,10 +25,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from rec_kd import checkpointing, evaluation, members, results, runs
+from rec_kd import checkpointing, evaluation, members, results, row_order, runs
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
-from rec_kd.models import resolve_table_config
+from rec_kd.models import resolve_table_config, sasrec
 from rec_kd.sharding import Placement, check_batch_sizes
 from rec_kd.train_logging import MetricWriter, quiet_library_logs
 
@@ -124,8 +124,10 @@ def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.Ses
     A workdir that already trained (a checkpoint or results.json) must be resumed under the recipe
     it started with (check_resumed_recipe), so nothing is written before every member is checked.
     """
+    maps = {}  # members share their teacher and table: one clustering for all
     for member_config, workdir in zip(configs, workdirs, strict=True):
         resolve_table_config(member_config, data.num_items, data.hot_mask)
+        fill_clustered_rows(member_config, workdir, data, maps)
         check_resumed_recipe(workdir, member_config)
     for member_config, workdir in zip(configs, workdirs, strict=True):
         os.makedirs(workdir, exist_ok=True)
@@ -134,6 +136,35 @@ def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.Ses
             with open(path + ".tmp", "w") as f:
                 f.write(member_config.to_json_best_effort(indent=2, sort_keys=True))
             os.replace(path + ".tmp", path)
+
+
+def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: data_lib.SessionData, maps: dict) -> None:
+    """Under table.row_order='clustered', sets an empty table.item_rows (in place) to the run's item -> row map.
+
+    A run that has trained keeps the map its config.json holds (its parameters were trained on
+    those rows); a new one clusters its teacher's select-phase table (row_order.clustered_rows,
+    seeded by table.row_order_seed), once for both phases. `maps` caches maps by seed and factors.
+    """
+    if sasrec.row_order(config) != "clustered" or config.table.item_rows:
+        return
+    recorded = os.path.join(workdir, "config.json")
+    if runs.has_trained(workdir) and os.path.exists(recorded):
+        text = runs.read_run_config(workdir).table.get("item_rows", "")
+    else:
+        key = (int(config.table.row_order_seed), tuple(config.table.item_factors))
+        if key not in maps:
+            started = time.perf_counter()
+            table = runs.teacher_item_table(config, data)
+            maps[key] = row_order.encode_item_rows(row_order.clustered_rows(table, key[1], seed=key[0]))
+            logging.info(
+                "Clustered %d items onto %s table rows in %.0f s.",
+                data.num_items,
+                "x".join(map(str, key[1])),
+                time.perf_counter() - started,
+            )
+        text = maps[key]
+    with config.unlocked():
+        config.table.item_rows = text
 
 
 def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -19,7 +19,7 @@ import onnx
 import optax
 import pytest
 
-from rec_kd import export, serving
+from rec_kd import export, row_order, serving
 from rec_kd.compress import hashing, lowrank, mixed_dim, qr, sttd
 from rec_kd.models.sasrec import SeqRecModel
 
@@ -121,11 +121,27 @@ def test_fp32_student_matches_jax(student, queries, tmp_path, mode):
     assert_same_top_k(ids, scores, ref_ids, ref_scores)
 
 
+def reordered_rows(order: str) -> dict:
+    """The SeqRecModel fields of a row order: a seeded shuffle, or a stored map (the clustered order's, of random points)."""
+    if order == "shuffled":
+        return {"row_order_seed": 1}
+    points = np.random.default_rng(0).normal(size=(NUM_ITEMS + 1, 4))
+    return {"row_map": row_order.encode_item_rows(row_order.clustered_rows(points, SPEC.item_factors))}
+
+
+@pytest.mark.parametrize("order", ["shuffled", "stored map"])
 @pytest.mark.parametrize("mode", ["materialized", "factored"])
-def test_a_student_with_shuffled_rows_matches_jax(student, queries, tmp_path, mode):
-    _, params = student  # the same cores, read through a shuffled item -> row map
+def test_a_student_with_reordered_rows_matches_jax(student, queries, tmp_path, mode, order):
+    _, params = student  # the same cores, read through another item -> row map
     model = SeqRecModel(
-        num_items=NUM_ITEMS, hidden_dim=16, num_heads=2, inner_dim=16, dropout_rate=0.0, max_len=MAX_LEN, table_spec=SPEC, row_order_seed=1
+        num_items=NUM_ITEMS,
+        hidden_dim=16,
+        num_heads=2,
+        inner_dim=16,
+        dropout_rate=0.0,
+        max_len=MAX_LEN,
+        table_spec=SPEC,
+        **reordered_rows(order),
     )
     ids, scores = serving.Recommender.load(write_model(tmp_path, model, params, mode)).run(*queries)
     ref_ids, ref_scores = export.jax_top_k(model, params, *queries, 20)

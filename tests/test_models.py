@@ -10,7 +10,7 @@ import pytest
 from rec_kd import defaults, row_order
 from rec_kd.compress import sttd
 from rec_kd.defaults import ConfigError
-from rec_kd.models import DistillHeads, SeqRecModel, build_model
+from rec_kd.models import DistillHeads, SeqRecModel, build_model, sasrec
 from rec_kd.models.sasrec import row_order_seed
 
 NUM_ITEMS, DIM, MAX_LEN = 7, 4, 3
@@ -153,6 +153,58 @@ def test_shuffled_rows_put_each_item_on_its_own_random_row_and_padding_on_row_0(
     np.testing.assert_allclose(out["scores"][:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-5)
 
 
+def test_a_stored_row_map_puts_each_item_on_its_row():
+    spec = sttd.STTDSpec(item_factors=(3, 3), dim_factors=(2, 2), ranks=(4,), t=2)  # 9 rows for 8 ids
+    rows = np.array([0, 8, 3, 1, 7, 2, 5, 4])  # any distinct rows, padding on row 0
+    text = row_order.encode_item_rows(rows)
+    assert text.startswith("uint16:")
+    model = SeqRecModel(num_items=NUM_ITEMS, hidden_dim=DIM, inner_dim=6, max_len=MAX_LEN, table_spec=spec, row_map=text)
+    np.testing.assert_array_equal(model.item_rows(), rows)
+    params = model.init(jax.random.key(2), jnp.asarray(ITEMS), jnp.asarray(LENGTHS))["params"]
+    out = model.apply({"params": params}, jnp.asarray(ITEMS), jnp.asarray(LENGTHS))
+    np.testing.assert_allclose(out["table"], np.asarray(sttd.materialize(params["sttd_cores"], spec))[rows], atol=1e-6)
+
+
+def test_an_item_row_map_round_trips_and_a_broken_one_is_named():
+    rows = np.array([0, 70_000, 3, 12])
+    text = row_order.encode_item_rows(rows)
+    assert text.startswith("uint32:")  # 70,000 needs 4 bytes
+    np.testing.assert_array_equal(row_order.decode_item_rows(text, 3, 70_001), rows)
+    with pytest.raises(ValueError, match="holds 4 rows; a catalogue of 4 items needs 5"):
+        row_order.decode_item_rows(text, 4, 70_001)
+    with pytest.raises(ValueError, match=r"distinct rows in \[0, 100\)"):
+        row_order.decode_item_rows(text, 3, 100)
+    with pytest.raises(ValueError, match="distinct rows"):
+        row_order.decode_item_rows(row_order.encode_item_rows(np.array([0, 2, 2])), 2, 9)
+    with pytest.raises(ValueError, match="distinct rows"):
+        row_order.decode_item_rows(row_order.encode_item_rows(np.array([1, 0, 2])), 2, 9)  # padding off row 0
+    with pytest.raises(ValueError, match="starts with one of"):
+        row_order.decode_item_rows("int8:AAAA", 3, 9)
+    with pytest.raises(ValueError, match="not base64"):
+        row_order.decode_item_rows("uint16:***", 3, 9)
+
+
+def test_the_clustered_order_needs_its_map_and_a_two_core_table():
+    config = defaults.get_config("retailrocket", "student")
+    config.table.row_order = "clustered"
+    config.table.item_factors = (3, 3)
+    assert sasrec.row_order(config) == "clustered" and row_order_seed(config) is None  # the map, not a seed, places the items
+    with pytest.raises(defaults.ConfigError, match="needs table.item_rows"):
+        sasrec.row_map(config, 8)
+    config.table.item_rows = row_order.encode_item_rows(np.array([0, 8, 3, 1, 7, 2, 5, 4]))
+    assert sasrec.row_map(config, 7) == config.table.item_rows
+    with pytest.raises(defaults.ConfigError, match="table.item_rows: the item -> row map holds 8 rows"):
+        sasrec.row_map(config, 8)  # another catalogue
+    config.table.item_factors = (2, 2, 2)
+    with pytest.raises(defaults.ConfigError, match="two-core table's rows; table.kind=sttd with item_factors=\\(2, 2, 2\\)"):
+        sasrec.row_order(config)
+    config.table.kind = "qr"
+    with pytest.raises(defaults.ConfigError, match="table.kind=qr"):
+        sasrec.row_order(config)
+    config.table.kind = "hash"  # no factor rows by id digits: the order is ignored
+    assert sasrec.row_order(config) == "id" and sasrec.row_map(config, 8) == ""
+
+
 def test_row_order_from_the_config():
     config = defaults.get_config("ml-100k", "student")
     assert row_order_seed(config) is None  # the paper's order by default
@@ -169,7 +221,7 @@ def test_row_order_from_the_config():
     assert row_order_seed(defaults.get_config("tmall", "teacher")) is None
     assert defaults.get_config("tmall", "student,smoke").table.row_order == "id"  # smoke runs keep the base settings
     config.table.kind, config.table.row_order = "sttd", "sorted"
-    with pytest.raises(defaults.ConfigError, match="unknown table.row_order 'sorted'"):
+    with pytest.raises(defaults.ConfigError, match=r"unknown table.row_order 'sorted'; expected one of \('id', 'shuffled', 'clustered'\)"):
         row_order_seed(config)
     del config.table["row_order"]  # a run from before the field
     assert row_order_seed(config) is None

@@ -8,12 +8,14 @@ from that one and its refit phase from the refit teacher (best/). In process, on
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from rec_kd import defaults, runs, train
+from rec_kd import defaults, row_order, runs, train
 from rec_kd.data import load_configured
 from tests.test_members import assert_same_metrics, small_config
 
@@ -133,3 +135,36 @@ def test_a_teacher_that_held_out_less_valid_is_refused(refit_teachers, tmp_path)
     config.data.valid_fraction = 0.2
     with pytest.raises(defaults.ConfigError, match=r"held out valid_fraction=0.1, less than the student's 0.2"):
         train.train_and_evaluate(config, str(tmp_path / "student"))
+
+
+def test_a_clustered_student_keeps_the_rows_of_its_select_phase_teacher_in_both_phases(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    config = refit_config("student", teacher_workdir=str(member_dirs[0]))
+    config.table.row_order, config.table.row_order_seed = "clustered", 3
+    config.train.num_epochs = 1  # a select epoch, then a refit epoch on the same rows
+    workdir = tmp_path / "student"
+    result = train.train_and_evaluate(config, str(workdir))
+    num_items, factors = result["num_items"], tuple(result["config"]["table"]["item_factors"])
+    assert len(factors) == 2 and set(result["teachers"]) == {"select", "refit"}
+    # The map clusters the teacher the select phase distils from (trained on train alone), not the refit one.
+    select_table = np.asarray(runs.load_trained(str(member_dirs[0]), num_items, checkpoint="select").params["item_embedding"])
+    refit_table = np.asarray(runs.load_trained(str(member_dirs[0]), num_items).params["item_embedding"])
+    expected = row_order.clustered_rows(select_table, factors, seed=3)
+    assert not np.array_equal(row_order.clustered_rows(refit_table, factors, seed=3), expected)
+    recorded = runs.read_run_config(str(workdir)).table.item_rows
+    np.testing.assert_array_equal(row_order.decode_item_rows(recorded, num_items, math.prod(factors)), expected)
+    assert result["config"]["table"]["item_rows"] == recorded and result["bytes"]["item_rows_int32"] == 4 * (num_items + 1)
+    # The shipped (refit) student reads its table in that order: item i's embedding is row expected[i].
+    student = runs.load_trained(str(workdir), num_items)
+    table = student.model.apply({"params": student.params}, method=lambda model: model.item_table())
+    full = student.model.spec.materialize(student.params[student.model.spec.param_name])
+    np.testing.assert_allclose(np.asarray(table), np.asarray(full)[expected], atol=1e-6)
+    # A run that has trained keeps its recorded map without the teacher (here: gone).
+    again = refit_config("student", teacher_workdir=str(tmp_path / "no_teacher"))
+    again.table.row_order, again.table.row_order_seed = "clustered", 3
+    again.table.item_factors = factors
+    train.fill_clustered_rows(again, str(workdir), None, {})
+    assert again.table.item_rows == recorded
+    with pytest.raises(defaults.ConfigError, match="no teacher config"):  # a new run needs the teacher
+        again.table.item_rows = ""
+        train.fill_clustered_rows(again, str(tmp_path / "new"), load_configured(again), {})

@@ -55,7 +55,13 @@ def test_a_student_run_before_the_shuffled_row_order_is_named(tmp_path):
     ran = expected.to_dict()
     del ran["table"]["row_order"]  # recorded before the field existed: the id order
     write_run_config(tmp_path / "run", ran)
-    assert runs.config_drift(str(tmp_path / "run"), expected) == ["table.row_order_seed: ran None, the grid runs 0"]
+    assert runs.config_drift(str(tmp_path / "run"), expected) == [
+        "table.row_order: ran 'id', the grid runs 'shuffled'",
+        "table.row_order_seed: ran None, the grid runs 0",
+    ]
+    ran["table"]["row_order"] = "clustered"  # another order of the same seed is a drift too
+    write_run_config(tmp_path / "run", ran)
+    assert runs.config_drift(str(tmp_path / "run"), expected) == ["table.row_order: ran 'clustered', the grid runs 'shuffled'"]
     teacher = reproduce.config_from_overrides("tmall", "teacher", ())
     ran = teacher.to_dict()
     del ran["table"]["row_order"]
@@ -133,7 +139,13 @@ def test_a_launchers_recipe_is_resolved_for_the_catalogue_before_it_is_compared(
 def test_only_the_kinds_own_fields_are_compared_under_their_config_paths(tmp_path):
     qr = runs.with_resolved_table(defaults.get_config("ml-100k", "student,qr"), lambda: ML100K)
     # The smallest modulus whose tables fit 10,720: (ceil(1683 / 36) + 36) * 128 = 10,624 (35: 10,752).
-    assert runs.table_recipe(qr) == {"table.kind": "qr", "table.qr.combine": "mult", "table.qr.modulus": 36, "table.row_order_seed": None}
+    assert runs.table_recipe(qr) == {
+        "table.kind": "qr",
+        "table.qr.combine": "mult",
+        "table.qr.modulus": 36,
+        "table.row_order": "id",
+        "table.row_order_seed": None,
+    }
     write_run_config(tmp_path / "qr", qr.to_dict())
     other = qr.copy_and_resolve_references()
     other.table.hash.buckets = 5  # another kind's option: not this run's table

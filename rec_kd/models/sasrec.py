@@ -17,7 +17,7 @@ from rec_kd import compress
 from rec_kd.compress import common, dense, sttd
 from rec_kd.defaults import ConfigError
 from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initializers
-from rec_kd.row_order import shuffled_item_rows
+from rec_kd.row_order import decode_item_rows, shuffled_item_rows
 
 # 'mean': METHOD.md's readout (the gate sees the masked mean of the encoder outputs). 'mean+summary':
 # the gate also sees the output of a learned summary token placed right after the session, which
@@ -65,6 +65,9 @@ class SeqRecModel(nn.Module):
         rows shuffled by this seed (`item_rows`): benchmark ids number items in order of first
         appearance, so a structured table (STTD, TT, QR) indexed by raw ids makes the popular
         early items share factor rows (docs/method.md, "Where the student's HR@20 goes", part 3).
+      row_map: '' or a stored item -> row map (row_order.encode_item_rows; `table.row_order=
+        'clustered'`, computed from the teacher's table when the run starts), read instead of the
+        seed: items close in the teacher's space share first-core rows (docs/method.md, part 4).
       repeat_bonus: added to the `ranking` scores of the items the session already holds (0: the
         paper's ranking, by `scores` alone). The losses read `scores` and never see it, so the
         teacher's soft targets and every gradient are the same at any bonus; what it changes is
@@ -83,6 +86,7 @@ class SeqRecModel(nn.Module):
     readout: str = "mean"
     table_spec: object | None = None
     row_order_seed: int | None = None
+    row_map: str = ""
     repeat_bonus: float = 0.0
 
     @property
@@ -123,6 +127,8 @@ class SeqRecModel(nn.Module):
 
     def item_rows(self) -> np.ndarray | None:
         """(num_items + 1,) table row of each item id, or None when item i is row i."""
+        if self.row_map:
+            return decode_item_rows(self.row_map, self.num_items, self.spec.num_rows)
         if self.row_order_seed is None:
             return None
         return shuffled_item_rows(self.spec.num_rows, self.num_items, self.row_order_seed)
@@ -171,17 +177,52 @@ class SeqRecModel(nn.Module):
 # table.row_order: dense and low-rank rows are independent, hash rows are already pseudo-random,
 # and mixed_dim's hot rows are item ids.
 ROW_ORDER_KINDS = ("sttd", "tt", "qr")
+# 'id': item i on row i (the paper's); 'shuffled': a seeded random map; 'clustered': a map from the
+# teacher's select-phase table (row_order.clustered_rows), which needs two item factors (STTD / TT).
+ROW_ORDERS = ("id", "shuffled", "clustered")
+
+
+def row_order(config) -> str:
+    """The order the model reads its rows in: config.table.row_order, or 'id' for a kind without one."""
+    table = config.get("table", {})
+    order = table.get("row_order", "id")  # runs from before this field: 'id'
+    if order not in ROW_ORDERS:
+        raise ConfigError(f"unknown table.row_order {order!r}; expected one of {ROW_ORDERS}")
+    kind = table_kind(config)
+    if kind not in ROW_ORDER_KINDS:
+        return "id"
+    if order == "clustered" and (kind == "qr" or len(table.get("item_factors") or ()) not in (0, 2)):
+        raise ConfigError(
+            f"table.row_order='clustered' clusters items onto a two-core table's rows; table.kind={kind} with "
+            f"item_factors={tuple(table.get('item_factors') or ())} has none (use sttd or tt with two item factors)"
+        )
+    return order
 
 
 def row_order_seed(config) -> int | None:
-    """The model's row_order_seed from config.table.row_order ('id', or 'shuffled' by table.row_order_seed)."""
-    table = config.get("table", {})
-    order = table.get("row_order", "id")  # runs from before this field: 'id'
-    if order not in ("id", "shuffled"):
-        raise ConfigError(f"unknown table.row_order {order!r}; expected 'id' or 'shuffled'")
-    if order == "id" or table_kind(config) not in ROW_ORDER_KINDS:
-        return None
-    return int(table.row_order_seed)
+    """The model's row_order_seed: table.row_order_seed under the 'shuffled' order, else None."""
+    return int(config.table.row_order_seed) if row_order(config) == "shuffled" else None
+
+
+def row_map(config, num_items: int) -> str:
+    """The model's stored item -> row map: table.item_rows under the 'clustered' order, else ''.
+
+    A ConfigError when the order needs a map that is missing or does not fit this catalogue (the
+    trainer fills it when the run starts: train.write_configs).
+    """
+    if row_order(config) != "clustered":
+        return ""
+    text = config.table.get("item_rows", "")
+    if not text:
+        raise ConfigError(
+            "table.row_order='clustered' needs table.item_rows, the map the trainer computes from the teacher's "
+            "select-phase table when the run starts (rec_kd.train.fill_clustered_rows); this config has none"
+        )
+    try:
+        decode_item_rows(text, num_items, math.prod(config.table.item_factors))
+    except ValueError as error:
+        raise ConfigError(f"table.item_rows: {error}") from None
+    return text
 
 
 def build_model(config, num_items: int) -> SeqRecModel:
@@ -199,6 +240,7 @@ def build_model(config, num_items: int) -> SeqRecModel:
         readout=model_config.get("readout", "mean"),  # runs from before this field: 'mean'
         table_spec=table_spec_from_config(config, num_items),
         row_order_seed=row_order_seed(config),
+        row_map=row_map(config, num_items),
         repeat_bonus=finite_repeat_bonus(model_config.get("repeat_bonus", 0.0)),  # runs from before this field: 0
     )
 
