@@ -44,9 +44,16 @@ def load_finished(root: str) -> tuple[list[dict], list[str]]:
     return finished, unfinished
 
 
+# Fields that hold packed arrays filled when a run starts (a clustered item -> row map, ~100 KB of
+# text; mixed_dim's hot mask): they differ whenever the row order or the data does, which other
+# columns already show, and a table cell cannot show them.
+PACKED_FIELDS = ("table.item_rows", "table.mixed_dim.hot_rows")
+
+
 def summary_rows(runs: list[dict], metrics: list[str]) -> tuple[list[str], list[list]]:
     """(header, rows) sorted by the selection metric on valid, best first."""
     fields = members.differing_fields([run["config"] for run in runs]) if len(runs) > 1 else []
+    fields = [field for field in fields if field not in PACKED_FIELDS]
     rows = []
     for run in runs:
         flat = members.flatten_config(run["config"])

@@ -19,7 +19,8 @@ order's choice, and this measures it without the hours a trained student takes. 
 - popularity: most frequent on the first rows (the most frequent share first-core rows);
 - spread: no two of the I_1 most frequent items share a factor row;
 - clustered: items close in the teacher's own (select-phase) table share first-core rows, and
-  items whose offsets from their cluster's centre are alike share second-core rows.
+  items whose offsets from their cluster's centre are alike share second-core rows (the model's
+  `table.row_order='clustered'` rows at `table.row_order_seed=0`).
 The maps are rec_kd/row_order.py's.
 """
 

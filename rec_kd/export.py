@@ -303,7 +303,7 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
     causal = g.constant(np.tril(np.ones((width, width), dtype=bool))[None, None])  # (1, 1, W, W)
     allowed = g.op("And", causal, g.unsqueeze(mask_bool, [1, 2]))  # (B, 1, L, L)
 
-    # A shuffled row order (SeqRecModel.item_rows) is one constant: item id -> table row.
+    # A shuffled or clustered row order (SeqRecModel.item_rows) is one constant: item id -> table row.
     item_rows = model.item_rows()
     row_of = None if item_rows is None else g.constant(item_rows)  # (N + 1,) int32
     if factored:

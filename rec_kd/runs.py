@@ -137,13 +137,14 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
     return teacher
 
 
-def teacher_item_table(config, data: data_lib.SessionData) -> np.ndarray:
+def teacher_item_table(config, data: data_lib.SessionData, sharding=None) -> np.ndarray:
     """(N + 1, D) item table of the teacher a student's select phase distils from (load_teacher's checks included).
 
-    What the 'clustered' row order clusters: the model that never saw valid when the student
-    selects on valid, so a map used in both phases leaks nothing into the selection.
+    What the 'clustered' row order clusters: when the student selects on valid, the model that
+    never saw valid, so a map used in both phases leaks nothing into the selection (without a
+    valid split, the shipped model both phases distil from).
     """
-    teacher = load_teacher(config, data, phase="select")
+    teacher = load_teacher(config, data, sharding, phase="select")
     return np.asarray(teacher.model.apply({"params": teacher.params}, method=lambda model: model.item_table()))
 
 

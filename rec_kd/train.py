@@ -23,7 +23,9 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rec_kd import checkpointing, evaluation, members, results, row_order, runs
 from rec_kd import data as data_lib
@@ -118,17 +120,24 @@ class Training:
 # ----------------------------------------------------------------------------------------------
 
 
-def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.SessionData) -> None:
+def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.SessionData, sharding=None) -> None:
     """Resolves each member's table for this catalogue and writes its config.json (process 0).
 
     A workdir that already trained (a checkpoint or results.json) must be resumed under the recipe
     it started with (check_resumed_recipe), so nothing is written before every member is checked.
+    `sharding`: where a teacher is restored to cluster its table (fill_clustered_rows).
     """
     maps = {}  # members share their teacher and table: one clustering for all
     for member_config, workdir in zip(configs, workdirs, strict=True):
         resolve_table_config(member_config, data.num_items, data.hot_mask)
-        fill_clustered_rows(member_config, workdir, data, maps)
+        fill_clustered_rows(member_config, workdir, data, maps, sharding)
         check_resumed_recipe(workdir, member_config)
+    if len({member_config.table.get("item_rows", "") for member_config in configs}) > 1:
+        # One program reads one map (members.build_run builds the first member's model).
+        raise ConfigError(
+            f"members {list(workdirs)} hold different item -> row maps (table.item_rows, recorded when each started); "
+            "resume them one at a time"
+        )
     for member_config, workdir in zip(configs, workdirs, strict=True):
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:  # atomically: the other processes may be reading it in check_resumed_recipe
@@ -138,24 +147,37 @@ def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.Ses
             os.replace(path + ".tmp", path)
 
 
-def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: data_lib.SessionData, maps: dict) -> None:
-    """Under table.row_order='clustered', sets an empty table.item_rows (in place) to the run's item -> row map.
+def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: data_lib.SessionData, maps: dict, sharding=None) -> None:
+    """Under table.row_order='clustered', sets table.item_rows (in place) to the run's item -> row map.
 
     A run that has trained keeps the map its config.json holds (its parameters were trained on
-    those rows); a new one clusters its teacher's select-phase table (row_order.clustered_rows,
-    seeded by table.row_order_seed), once for both phases. `maps` caches maps by seed and factors.
+    those rows; a different map given for it is an error). A new run clusters its teacher's
+    select-phase table (row_order.clustered_rows, seeded by table.row_order_seed), once for both
+    phases. `maps` caches maps by seed and factors, for members. With several processes, process
+    0 clusters and the others take its rows: the greedy balanced assignment could break a float
+    tie differently on another host, and every process must bake the same rows into the program.
     """
-    if sasrec.row_order(config) != "clustered" or config.table.item_rows:
+    if sasrec.row_order(config) != "clustered":
         return
-    recorded = os.path.join(workdir, "config.json")
-    if runs.has_trained(workdir) and os.path.exists(recorded):
-        text = runs.read_run_config(workdir).table.get("item_rows", "")
+    if runs.has_trained(workdir) and os.path.exists(os.path.join(workdir, "config.json")):
+        recorded = runs.read_run_config(workdir).table.get("item_rows", "")
+        if recorded and config.table.item_rows and config.table.item_rows != recorded:
+            raise ConfigError(
+                f"{workdir}/config.json: the run there trained on another item -> row map than the table.item_rows given; "
+                "resume it without --config.table.item_rows (it keeps its own), or use a new --workdir"
+            )
+        text = recorded  # '' when it trained under another order: check_resumed_recipe names that
+    elif config.table.item_rows:
+        return
     else:
         key = (int(config.table.row_order_seed), tuple(config.table.item_factors))
         if key not in maps:
             started = time.perf_counter()
-            table = runs.teacher_item_table(config, data)
-            maps[key] = row_order.encode_item_rows(row_order.clustered_rows(table, key[1], seed=key[0]))
+            table = runs.teacher_item_table(config, data, sharding)  # every process: Orbax restores collectively
+            rows = row_order.clustered_rows(table, key[1], seed=key[0]) if jax.process_index() == 0 else np.zeros(len(table), np.int64)
+            if jax.process_count() > 1:
+                rows = np.asarray(multihost_utils.broadcast_one_to_all(rows))
+            maps[key] = row_order.encode_item_rows(rows)
             logging.info(
                 "Clustered %d items onto %s table rows in %.0f s.",
                 data.num_items,
@@ -191,7 +213,7 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
     data = data if data is not None else data_lib.load_configured(config)
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     steps_per_epoch = data_lib.num_train_batches(data.train, config.train.batch_size, buckets=buckets)
-    write_configs(configs, workdirs, data)
+    write_configs(configs, workdirs, data, placement.replicated)
     logging.info(
         "%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices in %d processes, %d member(s).",
         data.name,

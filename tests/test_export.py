@@ -143,6 +143,8 @@ def test_a_student_with_reordered_rows_matches_jax(student, queries, tmp_path, m
         table_spec=SPEC,
         **reordered_rows(order),
     )
+    rows = model.item_rows()
+    assert rows is not None and not np.array_equal(rows, np.arange(NUM_ITEMS + 1))  # the model reads the map
     ids, scores = serving.Recommender.load(write_model(tmp_path, model, params, mode)).run(*queries)
     ref_ids, ref_scores = export.jax_top_k(model, params, *queries, 20)
     assert not np.array_equal(ref_ids, export.jax_top_k(tiny_model(SPEC), params, *queries, 20)[0])  # the order matters

@@ -210,3 +210,18 @@ def test_a_report_row_refuses_runs_of_two_recipes():
     other_lr = {**base, "_run": "main_s2", "config": {**config, "train": {**config["train"], "learning_rate": 0.5}}}
     with pytest.raises(report.ReportError, match=r"the row full / 10.0x / valid-selected holds .* main_s2 differ in train.learning_rate\)"):
         report.grouped([{**base, "_run": "main_s0"}, other_lr])
+
+
+def test_a_summary_leaves_packed_maps_out_of_its_columns(tmp_path):
+    """launch/collect.py on two finished runs that differ in the learning rate and their clustered maps."""
+    for name, learning_rate, item_rows, hr in (("a", 1e-3, "uint16:AAAB", 0.3), ("b", 2e-3, "uint16:AAAC", 0.4)):
+        config = defaults.get_config("ml-100k", "student")
+        config.train.learning_rate, config.table.row_order, config.table.item_rows = learning_rate, "clustered", item_rows
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config.to_json())
+        results = {"valid": {"hr@20": hr}, "test": {"hr@20": hr - 0.1, "mrr@20": 0.1, "ndcg@20": 0.1}, "selected_epoch": 1}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    subprocess.run([sys.executable, "-m", "launch.collect", f"--root={tmp_path}"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    header, _, best, second = (tmp_path / "summary.md").read_text().splitlines()[:4]
+    assert [cell.strip() for cell in header.strip("|").split("|")][:3] == ["run", "train.learning_rate", "selected by"]
+    assert "item_rows" not in header and best.startswith("| b |") and second.startswith("| a |")

@@ -198,6 +198,9 @@ def test_the_clustered_order_needs_its_map_and_a_two_core_table():
     config.table.item_factors = (2, 2, 2)
     with pytest.raises(defaults.ConfigError, match="two-core table's rows; table.kind=sttd with item_factors=\\(2, 2, 2\\)"):
         sasrec.row_order(config)
+    config.table.item_factors, config.table.num_cores = (), 3  # factors still to be suggested, for 3 cores
+    with pytest.raises(defaults.ConfigError, match="table.kind=sttd with num_cores=3 has none"):
+        sasrec.row_order(config)
     config.table.kind = "qr"
     with pytest.raises(defaults.ConfigError, match="table.kind=qr"):
         sasrec.row_order(config)

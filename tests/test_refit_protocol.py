@@ -168,3 +168,34 @@ def test_a_clustered_student_keeps_the_rows_of_its_select_phase_teacher_in_both_
     with pytest.raises(defaults.ConfigError, match="no teacher config"):  # a new run needs the teacher
         again.table.item_rows = ""
         train.fill_clustered_rows(again, str(tmp_path / "new"), load_configured(again), {})
+
+
+def test_clustered_members_share_one_map_and_members_on_different_maps_are_refused(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    configs = [refit_config("student", teacher_workdir=str(member_dirs[0]), seed=seed) for seed in (0, 1)]
+    for config in configs:
+        config.table.row_order, config.train.refit_on_valid, config.train.num_epochs = "clustered", False, 1
+    workdirs = [tmp_path / f"member_{i}" for i in range(2)]
+    train.train_members([config.copy_and_resolve_references() for config in configs], [str(w) for w in workdirs])
+    maps = [runs.read_run_config(str(w)).table.item_rows for w in workdirs]
+    num_items = read_results(workdirs[0])["num_items"]
+    factors = tuple(read_results(workdirs[0])["config"]["table"]["item_factors"])
+    select_table = np.asarray(runs.load_trained(str(member_dirs[0]), num_items, checkpoint="select").params["item_embedding"])
+    expected = row_order.clustered_rows(select_table, factors, seed=0)  # row_order_seed 0, whatever the member's seed
+    for text in maps:
+        np.testing.assert_array_equal(row_order.decode_item_rows(text, num_items, math.prod(factors)), expected)
+    # Member 1 "started" on other rows (two items swapped); resumed together, the stack is refused.
+    other = expected.copy()
+    other[[1, 2]] = other[[2, 1]]
+    recorded = json.loads((workdirs[1] / "config.json").read_text())
+    recorded["table"]["item_rows"] = row_order.encode_item_rows(other)
+    (workdirs[1] / "config.json").write_text(json.dumps(recorded))
+    for workdir in workdirs:
+        (workdir / "results.json").unlink()
+    with pytest.raises(defaults.ConfigError, match="hold different item -> row maps"):
+        train.train_members([config.copy_and_resolve_references() for config in configs], [str(w) for w in workdirs])
+    # A map given for a run that trained on another one is refused too.
+    given = configs[0].copy_and_resolve_references()
+    given.table.item_factors, given.table.item_rows = factors, row_order.encode_item_rows(other)
+    with pytest.raises(defaults.ConfigError, match="trained on another item -> row map than the table.item_rows given"):
+        train.fill_clustered_rows(given, str(workdirs[0]), None, {})

@@ -15,7 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from rec_kd import row_order, runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -162,6 +165,19 @@ def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
     assert student["bytes"]["item_rows_int32"] == 4 * 40_728
     assert set(student["losses"]) == {"rec", "kd", "cl", "pred", "total"}
     assert student["model_compression"] > 10
+
+
+def test_a_clustered_student_in_two_processes_takes_process_0s_map_of_its_teachers_table(tmall_teacher, tmp_path, data_dir):
+    """Process 0 clusters the teacher's table and process 1 takes its rows (multihost broadcast): a
+    process left without them would fail to build its model (an all-zero map is refused)."""
+    workdir = tmp_path / "clustered"
+    teacher = f"--config.teacher_workdir={tmall_teacher}"
+    run_two_processes("tmall.py:student,smoke", workdir, data_dir, *TMALL_SMOKE, teacher, "--config.table.row_order=clustered")
+    student = results(workdir)
+    assert student["num_devices"] == 4 and student["bytes"]["item_rows_int32"] == 4 * 40_728
+    rows = row_order.decode_item_rows(student["config"]["table"]["item_rows"], 40_727, 169 * 241)
+    teacher_table = np.asarray(runs.load_trained(str(tmall_teacher), 40_727).params["item_embedding"])  # no valid-selected model: best/
+    np.testing.assert_array_equal(rows, row_order.clustered_rows(teacher_table, (169, 241), seed=0))
 
 
 def test_student_with_a_missing_or_mismatched_teacher_fails_before_training(tmall_teacher, tmp_path, data_dir):

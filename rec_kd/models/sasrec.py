@@ -191,10 +191,12 @@ def row_order(config) -> str:
     kind = table_kind(config)
     if kind not in ROW_ORDER_KINDS:
         return "id"
-    if order == "clustered" and (kind == "qr" or len(table.get("item_factors") or ()) not in (0, 2)):
+    factors = tuple(table.get("item_factors") or ())
+    cores = len(factors) if factors else table.get("num_cores", 2)  # unresolved factors: the cores they will have
+    if order == "clustered" and (kind == "qr" or cores != 2):
         raise ConfigError(
             f"table.row_order='clustered' clusters items onto a two-core table's rows; table.kind={kind} with "
-            f"item_factors={tuple(table.get('item_factors') or ())} has none (use sttd or tt with two item factors)"
+            f"{f'item_factors={factors}' if factors else f'num_cores={cores}'} has none (use sttd or tt with two item factors)"
         )
     return order
 
