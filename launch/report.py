@@ -238,13 +238,26 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
                 copy = result_copies.keep(result["_dir"], folder) if result["_dir"] else result_copies.keep_copy(result, folder)
                 lines.append(
                     f"- [{result['_run']}]({os.path.relpath(copy, out)}): commit `{commit_label(result)}`, "
-                    f"{result['num_devices']} device(s), {result['wall_s']:.0f} s: `{result['command']}`"
+                    f"{result['num_devices']} device(s), {result['wall_s']:.0f} s{teacher_label(result)}: `{result['command']}`"
                 )
         lines.append("")
     text = "\n".join(lines)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     return text
+
+
+def teacher_label(result: dict) -> str:
+    """', teacher trained at abc1234 (test HR@20 0.5202, MRR@20 0.2750)': the training a student distilled from.
+
+    Why: the teacher row shows the teacher run's latest copy, and a teacher trained again on another
+    machine need not repeat its numbers; each student names the training it used (rec_kd/results.py).
+    """
+    teacher = result.get("teacher_results")
+    if not teacher:
+        return ""
+    test = teacher["test"]
+    return f", teacher trained at {teacher['commits'][0][:7]} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
 
 
 def commit_label(result: dict) -> str:

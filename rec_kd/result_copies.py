@@ -2,7 +2,8 @@
 
 Why: workdirs live on one machine, and a later session may start on another without them. A copy
 is what the report needs to show the run again: its results.json as DATASET_RUN.json, and the eval
-records of its metrics.jsonl (not the train-loss lines) as DATASET_RUN.evals.jsonl beside it.
+records of its metrics.jsonl (not the train-loss lines) as DATASET_RUN.evals.jsonl beside it; a
+later training of the same run moves the earlier one's copy to archive/.
 `launch/reproduce.py --keep_results_in=DIR` keeps each run as it finishes (and skips the runs kept
 under its recipe); `launch/report.py` keeps every run it reports and reads the copies back for runs
 its root no longer holds.
@@ -13,6 +14,9 @@ import os
 import re
 
 EVALS_SUFFIX = ".evals.jsonl"
+# What a training measured: two copies that agree on these hold the same numbers.
+MEASURED_FIELDS = ("valid", "test", "test_cold", "select_phase", "paper_protocol_test")
+ARCHIVE = "archive"  # FOLDER/archive/: earlier trainings of a kept run, and runs dropped from the grid
 # What tells two runs of one name apart at a glance: a smoke grid or another protocol must not
 # replace the copy of a real run (it may be the only record left of it).
 IDENTITY_FIELDS = ("smoke", "protocol", "variant")
@@ -53,12 +57,44 @@ def _check_replaceable(path: str, result: dict) -> None:
         raise CopyError(f"{path}: kept from another kind of run ({'; '.join(differ)}); move it away to replace it")
 
 
+def archive_name(folder: str, name: str, result: dict) -> str:
+    """FOLDER/archive/NAME_COMMIT7 (then _2, _3, ...: one commit may train a run twice), without the suffix."""
+    base = os.path.join(folder, ARCHIVE, f"{name}_{str(result.get('commit', 'unknown'))[:7]}")
+    path, n = base, 1
+    while os.path.exists(path + ".json"):
+        n += 1
+        path = f"{base}_{n}"
+    return path
+
+
+def _archive_other_training(path: str, evals_file: str, result: dict, folder: str, name: str) -> None:
+    """Moves the copy of an earlier training of this run with other numbers to FOLDER/archive/.
+
+    Why: a run trained again on another machine (a teacher whose checkpoints stayed on the old one)
+    need not repeat the first training's numbers, and the students kept beside it distilled from
+    that one: its record must not be overwritten. A copy with the same numbers (the same training
+    kept again, or a bit-identical retraining) is simply replaced.
+    """
+    if not os.path.exists(path):
+        return
+    old = _read_json(path)
+    if all(old.get(field) == result.get(field) for field in MEASURED_FIELDS):
+        return
+    target = archive_name(folder, name, old)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(path, target + ".json")
+    if os.path.exists(evals_file):
+        os.replace(evals_file, target + EVALS_SUFFIX)
+
+
 def _write_copy(result_text: str, evals: str | None, folder: str, name: str) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name + ".json")
-    _check_replaceable(path, json.loads(result_text))
-    _write_atomically(path, result_text)
+    result = json.loads(result_text)
+    _check_replaceable(path, result)
     evals_file = os.path.join(folder, name + EVALS_SUFFIX)
+    _archive_other_training(path, evals_file, result, folder, name)
+    _write_atomically(path, result_text)
     if evals is not None:
         _write_atomically(evals_file, evals)
     elif os.path.exists(evals_file):

@@ -1,5 +1,7 @@
 """results.json: what a finished run reports, built from its run record (schema: docs/architecture.md)."""
 
+import json
+import os
 import shlex
 import sys
 
@@ -93,4 +95,20 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)
         results["teacher_checkpoint"] = teacher.checkpoint
         results["teachers"] = record.get("teachers", {})  # phase -> the teacher checkpoint and step it used
+        results["teacher_results"] = teacher_training(teacher.workdir)
     return results
+
+
+def teacher_training(workdir: str) -> dict | None:
+    """Which training of the teacher a student distilled from: its commits, wall time and test metrics.
+
+    Why: a teacher trained again on another machine need not repeat its numbers, so students of one
+    grid may distil from different trainings of one teacher run; the report pairs each student with
+    its own. None while the teacher has not written results.json.
+    """
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        teacher = json.load(f)
+    return {"commits": teacher.get("commits", [teacher.get("commit")]), "wall_s": teacher.get("wall_s"), "test": teacher["test"]}

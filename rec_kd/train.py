@@ -60,11 +60,18 @@ def new_record() -> dict:
     }
 
 
-def git_commit() -> str:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a run's numbers depend on. Changes elsewhere (docs, and the results copies a grid writes into
+# docs/results as its runs finish) do not make the code that trains a run "dirty".
+CODE_PATHS = ("rec_kd", "configs", "launch", "setup.py", "requirements.txt")
+
+
+def git_commit(repo: str | None = None) -> str:
+    """HEAD of the checkout holding rec_kd, with '-dirty' when tracked code (CODE_PATHS) differs from it."""
+    repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True).stdout
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS]
+        dirty = subprocess.run(status, cwd=repo, capture_output=True, text=True).stdout
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         # A copy of the checkout without .git (e.g. on a lent GPU machine) is told its commit.

@@ -44,6 +44,8 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     main = json.loads((root / "tmall" / "main_s0" / "results.json").read_text())
     assert main["protocol"] == "refit on train+valid for the epochs selected on valid"
     assert main["teachers"]["select"]["checkpoint"] == "select" and main["teachers"]["refit"]["checkpoint"] == "best"
+    teacher = json.loads((root / "tmall" / "teacher_s0" / "results.json").read_text())
+    assert main["teacher_results"] == {"commits": teacher["commits"], "wall_s": teacher["wall_s"], "test": teacher["test"]}
     # --keep_results_in copied each run as it finished (rec_kd/result_copies.py).
     kept = sorted(path.name for path in (root.parent / "kept").iterdir())
     assert kept == sorted([f"tmall_{r}.json" for r in runs] + [f"tmall_{r}.evals.jsonl" for r in runs])
@@ -62,7 +64,6 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
 
     text = report.write_report(report.load_runs(str(root)), str(out))
     assert (out / "results.md").read_text() == text
-    teacher = json.loads((root / "tmall" / "teacher_s0" / "results.json").read_text())
     tt = json.loads((root / "tmall" / "tt_s0" / "results.json").read_text())
     mains = [json.loads((root / "tmall" / f"main_s{s}" / "results.json").read_text()) for s in (0, 1)]
     teacher_row = next(line for line in text.splitlines() if line.startswith("| teacher |"))
@@ -74,6 +75,8 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     values = [m["test"]["hr@20"] for m in mains]
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"{mean:.4f} ± {std:.4f}" in main_rows[0]
+    main_line = next(line for line in text.splitlines() if line.startswith("- [main_s0]"))
+    assert f"teacher trained at {teacher['commit'][:7]} (test HR@20 {teacher['test']['hr@20']:.4f}," in main_line
     for name in ("tmall_compression.png", "tmall_valid_curves.png"):
         assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "results").glob("*.json")) == [f"tmall_{r}.json" for r in runs]

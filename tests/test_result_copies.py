@@ -93,3 +93,36 @@ def test_a_runner_that_fails_stops_its_running_jobs(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         sweeps.run_jobs(jobs, parallel=2, poll_s=0.01, on_exit=fail)
     assert time.monotonic() - start < 30  # the slow job got SIGTERM and was waited for, not left sleeping
+
+
+def test_a_run_trained_again_moves_the_earlier_trainings_copy_to_the_archive(tmp_path):
+    kept = tmp_path / "docs" / "results"
+    first = finished_run(tmp_path / "a" / "retailrocket" / "teacher_s0", "retailrocket", hr=0.5193)
+    first_result = {**json.loads((first / "results.json").read_text()), "commit": "1788740abcdef"}
+    (first / "results.json").write_text(json.dumps(first_result))
+    result_copies.keep(str(first), str(kept))
+    result_copies.keep(str(first), str(kept))  # the same training kept again (a report): nothing archived
+    assert not (kept / "archive").exists()
+
+    again = finished_run(tmp_path / "b" / "retailrocket" / "teacher_s0", "retailrocket", hr=0.5202)
+    result_copies.keep(str(again), str(kept))
+    assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["test"]["hr@20"] == 0.5202
+    archived = kept / "archive" / "retailrocket_teacher_s0_1788740.json"
+    assert json.loads(archived.read_text()) == first_result
+    evals = [json.loads(line) for line in (kept / "archive" / "retailrocket_teacher_s0_1788740.evals.jsonl").read_text().splitlines()]
+    assert evals == [VALID, TEST]
+    assert [copy["_run"] for copy in result_copies.read_kept(str(kept))] == ["teacher_s0"]  # the archive is not in the grid
+
+    # A third training at a commit already archived gets the next free name.
+    third = finished_run(tmp_path / "c" / "retailrocket" / "teacher_s0", "retailrocket", hr=0.5199)
+    second_result = json.loads((kept / "retailrocket_teacher_s0.json").read_text())
+    (kept / "retailrocket_teacher_s0.json").write_text(json.dumps({**second_result, "commit": "1788740abcdef"}))
+    result_copies.keep(str(third), str(kept))
+    assert json.loads((kept / "archive" / "retailrocket_teacher_s0_1788740_2.json").read_text())["test"]["hr@20"] == 0.5202
+
+    # A retraining with the same numbers (another workdir, wall time, commit) replaces the copy.
+    same = finished_run(tmp_path / "d" / "retailrocket" / "teacher_s0", "retailrocket", hr=0.5199)
+    (same / "results.json").write_text(json.dumps({**json.loads((same / "results.json").read_text()), "wall_s": 9.0}))
+    result_copies.keep(str(same), str(kept))
+    assert len(list((kept / "archive").glob("*.json"))) == 2
+    assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["wall_s"] == 9.0

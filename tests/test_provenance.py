@@ -1,0 +1,51 @@
+"""Where a run came from: the commit it records (dirty only when its code differs from HEAD), and its teacher's training."""
+
+import json
+import subprocess
+
+from rec_kd.train import git_commit
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_results_copies_in_docs_leave_the_commit_clean_and_a_code_change_marks_it_dirty(tmp_path):
+    # A grid that keeps its results in docs/results edits the checkout it runs from; the runs it
+    # starts after the first copy must still record a clean commit.
+    for path, text in {"rec_kd/model.py": "x = 1\n", "docs/results/run.json": "{}\n", "README.md": "a\n"}.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    assert git_commit(str(tmp_path)) == head
+
+    (tmp_path / "docs/results/run.json").write_text('{"test": 1}\n')
+    (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch/new.py").write_text("")  # untracked: not part of any commit, not counted
+    assert git_commit(str(tmp_path)) == head
+
+    (tmp_path / "rec_kd/model.py").write_text("x = 2\n")
+    assert git_commit(str(tmp_path)) == head + "-dirty"
+
+
+def test_a_checkout_without_git_is_told_its_commit(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # even if the temp folder sits in a checkout
+    monkeypatch.setenv("REC_KD_COMMIT", "abc1234")
+    assert git_commit(str(tmp_path)) == "abc1234"
+
+
+def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tmp_path):
+    from launch.report import teacher_label
+    from rec_kd.results import teacher_training
+
+    assert teacher_training(str(tmp_path)) is None  # the teacher has not finished
+    test = {"hr@20": 0.52016, "mrr@20": 0.27504, "ndcg@20": 0.33}
+    (tmp_path / "results.json").write_text(json.dumps({"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "test": test}))
+    training = teacher_training(str(tmp_path))
+    assert training == {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "test": test}
+    assert teacher_label({"teacher_results": training}) == ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
+    assert teacher_label({"teacher_results": None}) == teacher_label({}) == ""  # teachers, and students kept before the field
