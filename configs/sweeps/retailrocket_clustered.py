@@ -6,8 +6,9 @@ the next new item. The probe (fitted cores in the teacher's network) found the c
 0.0135 valid HR@20 above the id order under that ranking (docs/method.md, part 4). This run asks
 whether a trained student gains the same: the main student (configs/retailrocket.py:student,full,
 seed 1: the seed whose id-order student was scored at bonus 1000 after its first epoch) with
-`table.row_order=clustered`, 1 select-phase epoch without a refit (the epoch that id-order student
-was scored after), valid selecting.
+`table.row_order=clustered`, and its id-order twin (the same teacher training, the same machine),
+1 select-phase epoch each without a refit (the epoch that id-order student was scored after),
+valid selecting. Two runs: a row order is not a member field (one program reads one row map).
 
   RR_TEACHER=/work/runs/odrec/retailrocket/teacher_s0 python -m launch.sweep \\
       --sweep=configs/sweeps/retailrocket_clustered.py --root=/work/runs/tuning/retailrocket
@@ -27,5 +28,5 @@ def get_sweep():
             "train.refit_on_valid": False,
             "train.num_epochs": 1,
         },
-        "zip": {"table.row_order": ["clustered"]},
+        "zip": {"table.row_order": ["id", "clustered"]},
     }
