@@ -250,14 +250,16 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
 def teacher_label(result: dict) -> str:
     """', teacher trained at abc1234 (test HR@20 0.5202, MRR@20 0.2750)': the training a student distilled from.
 
-    Why: the teacher row shows the teacher run's latest copy, and a teacher trained again on another
-    machine need not repeat its numbers; each student names the training it used (rec_kd/results.py).
+    Why: the teacher row shows one training of the teacher run (the root's, else the copy kept last),
+    and a teacher trained again on another machine need not repeat its numbers; each student names
+    the training it used (rec_kd/results.py).
     """
     teacher = result.get("teacher_results")
     if not teacher:
         return ""
     test = teacher["test"]
-    return f", teacher trained at {teacher['commits'][0][:7]} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
+    commit = result_copies.short_commit(teacher["commits"][0] if teacher.get("commits") else None)
+    return f", teacher trained at {commit} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
 
 
 def commit_label(result: dict) -> str:

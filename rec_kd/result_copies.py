@@ -2,8 +2,8 @@
 
 Why: workdirs live on one machine, and a later session may start on another without them. A copy
 is what the report needs to show the run again: its results.json as DATASET_RUN.json, and the eval
-records of its metrics.jsonl (not the train-loss lines) as DATASET_RUN.evals.jsonl beside it; a
-later training of the same run moves the earlier one's copy to archive/.
+records of its metrics.jsonl (not the train-loss lines) as DATASET_RUN.evals.jsonl beside it. A
+copy replaced by another training of the same run with other numbers moves to archive/.
 `launch/reproduce.py --keep_results_in=DIR` keeps each run as it finishes (and skips the runs kept
 under its recipe); `launch/report.py` keeps every run it reports and reads the copies back for runs
 its root no longer holds.
@@ -57,28 +57,55 @@ def _check_replaceable(path: str, result: dict) -> None:
         raise CopyError(f"{path}: kept from another kind of run ({'; '.join(differ)}); move it away to replace it")
 
 
+def short_commit(commit: str | None) -> str:
+    """'abc1234' for a full commit, 'abc1234-dirty' when it was dirty: the short form keeps the mark."""
+    commit = str(commit or "unknown")
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def same_numbers(a: dict, b: dict) -> bool:
+    """Whether two results hold the same measurements (the same training, or a bit-identical one)."""
+    return all(a.get(field) == b.get(field) for field in MEASURED_FIELDS)
+
+
 def archive_name(folder: str, name: str, result: dict) -> str:
-    """FOLDER/archive/NAME_COMMIT7 (then _2, _3, ...: one commit may train a run twice), without the suffix."""
-    base = os.path.join(folder, ARCHIVE, f"{name}_{str(result.get('commit', 'unknown'))[:7]}")
+    """FOLDER/archive/NAME_COMMIT7 (then _2, _3, ...: one commit may train a run twice), without the suffix; free for both files."""
+    base = os.path.join(folder, ARCHIVE, f"{name}_{short_commit(result.get('commit'))}")
     path, n = base, 1
-    while os.path.exists(path + ".json"):
+    while os.path.exists(path + ".json") or os.path.exists(path + EVALS_SUFFIX):
         n += 1
         path = f"{base}_{n}"
     return path
 
 
+def archived(folder: str, name: str) -> list[dict]:
+    """The results archived for run NAME in FOLDER/archive/ (NAME.json or NAME_*.json)."""
+    directory = os.path.join(folder, ARCHIVE)
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for file_name in sorted(os.listdir(directory)):
+        if file_name.endswith(".json") and (file_name == name + ".json" or file_name.startswith(name + "_")):
+            result = _read_json(os.path.join(directory, file_name))
+            if isinstance(result, dict):
+                found.append(result)
+    return found
+
+
 def _archive_other_training(path: str, evals_file: str, result: dict, folder: str, name: str) -> None:
-    """Moves the copy of an earlier training of this run with other numbers to FOLDER/archive/.
+    """Moves the copy being replaced, when it holds other numbers, to FOLDER/archive/.
 
     Why: a run trained again on another machine (a teacher whose checkpoints stayed on the old one)
     need not repeat the first training's numbers, and the students kept beside it distilled from
     that one: its record must not be overwritten. A copy with the same numbers (the same training
-    kept again, or a bit-identical retraining) is simply replaced.
+    kept again, or a bit-identical retraining) is simply replaced, and so is one whose training the
+    archive already holds (two machines that each still hold a training keep it in turn: the
+    current copy is the one kept last, and each training is archived once).
     """
     if not os.path.exists(path):
         return
     old = _read_json(path)
-    if all(old.get(field) == result.get(field) for field in MEASURED_FIELDS):
+    if same_numbers(old, result) or any(same_numbers(old, kept) for kept in archived(folder, name)):
         return
     target = archive_name(folder, name, old)
     os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+from absl import logging
 
 from rec_kd.compress import TABLE_PARAM_NAMES
 from rec_kd.models import table_kind
@@ -95,20 +96,29 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)
         results["teacher_checkpoint"] = teacher.checkpoint
         results["teachers"] = record.get("teachers", {})  # phase -> the teacher checkpoint and step it used
-        results["teacher_results"] = teacher_training(teacher.workdir)
+        results["teacher_results"] = teacher_results(teacher.workdir, teacher.step)
     return results
 
 
-def teacher_training(workdir: str) -> dict | None:
+def teacher_results(workdir: str, step: int) -> dict | None:
     """Which training of the teacher a student distilled from: its commits, wall time and test metrics.
 
     Why: a teacher trained again on another machine need not repeat its numbers, so students of one
     grid may distil from different trainings of one teacher run; the report pairs each student with
-    its own. None while the teacher has not written results.json.
+    its own. `step` is the teacher model's step the student used last: a results.json reporting
+    another step belongs to another model, and like a missing or unreadable one gives None.
     """
     path = os.path.join(workdir, "results.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        teacher = json.load(f)
-    return {"commits": teacher.get("commits", [teacher.get("commit")]), "wall_s": teacher.get("wall_s"), "test": teacher["test"]}
+    try:
+        with open(path) as f:
+            teacher = json.load(f)
+        found = teacher["selected_step"], teacher["test"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logging.warning("%s: not read (%r); the student's results name no teacher training", path, error)
+        return None
+    if found[0] != step:
+        logging.warning("%s reports the teacher at step %s, but the student used step %s; no teacher training named", path, found[0], step)
+        return None
+    return {"commits": teacher.get("commits", [teacher.get("commit")]), "wall_s": teacher.get("wall_s"), "test": found[1]}

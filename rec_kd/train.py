@@ -70,9 +70,11 @@ def git_commit(repo: str | None = None) -> str:
     repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS]
-        dirty = subprocess.run(status, cwd=repo, capture_output=True, text=True).stdout
-        return commit + ("-dirty" if dirty.strip() else "")
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=repo, capture_output=True, text=True
+        )
+        # A status that cannot be read (a locked index) does not pass for clean.
+        return commit + ("-dirty" if status.returncode != 0 or status.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         # A copy of the checkout without .git (e.g. on a lent GPU machine) is told its commit.
         return os.environ.get("REC_KD_COMMIT", "unknown")

@@ -18,7 +18,7 @@ def test_results_copies_in_docs_leave_the_commit_clean_and_a_code_change_marks_i
         (tmp_path / path).write_text(text)
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", ".")
-    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "start")
     head = git(tmp_path, "rev-parse", "HEAD")
     assert git_commit(str(tmp_path)) == head
 
@@ -40,12 +40,22 @@ def test_a_checkout_without_git_is_told_its_commit(tmp_path, monkeypatch):
 
 def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tmp_path):
     from launch.report import teacher_label
-    from rec_kd.results import teacher_training
+    from rec_kd.results import teacher_results
 
-    assert teacher_training(str(tmp_path)) is None  # the teacher has not finished
+    assert teacher_results(str(tmp_path), 44929) is None  # the teacher has not finished
     test = {"hr@20": 0.52016, "mrr@20": 0.27504, "ndcg@20": 0.33}
-    (tmp_path / "results.json").write_text(json.dumps({"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "test": test}))
-    training = teacher_training(str(tmp_path))
+    teacher = {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "selected_step": 44929, "test": test}
+    (tmp_path / "results.json").write_text(json.dumps(teacher))
+    training = teacher_results(str(tmp_path), 44929)
     assert training == {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "test": test}
     assert teacher_label({"teacher_results": training}) == ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
+    dirty = {**training, "commits": ["da6fe52799-dirty"]}
+    assert teacher_label({"teacher_results": dirty}) == ", teacher trained at da6fe52-dirty (test HR@20 0.5202, MRR@20 0.2750)"
     assert teacher_label({"teacher_results": None}) == teacher_label({}) == ""  # teachers, and students kept before the field
+
+    assert teacher_results(str(tmp_path), 15756) is None  # results of another model than the one distilled from
+    old = {"commit": "1788740abc", "selected_step": 44929, "test": test}  # written before `commits`
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    assert teacher_results(str(tmp_path), 44929)["commits"] == ["1788740abc"]
+    (tmp_path / "results.json").write_text('{"selected_step": 449')  # half written
+    assert teacher_results(str(tmp_path), 44929) is None

@@ -126,3 +126,26 @@ def test_a_run_trained_again_moves_the_earlier_trainings_copy_to_the_archive(tmp
     result_copies.keep(str(same), str(kept))
     assert len(list((kept / "archive").glob("*.json"))) == 2
     assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["wall_s"] == 9.0
+
+
+def test_two_machines_keeping_their_own_trainings_in_turn_archive_each_training_once(tmp_path):
+    kept = tmp_path / "results"
+    a = finished_run(tmp_path / "a" / "retailrocket" / "teacher_s0", "retailrocket", hr=0.5193)
+    b = finished_run(tmp_path / "b" / "retailrocket" / "teacher_s0", "retailrocket", hr=0.5202)
+    for run in (a, b, a, b, a):
+        result_copies.keep(str(run), str(kept))
+    assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["test"]["hr@20"] == 0.5193  # the one kept last
+    archive = sorted(json.loads(p.read_text())["test"]["hr@20"] for p in (kept / "archive").glob("*.json"))
+    assert archive == [0.5193, 0.5202]
+    assert len(list((kept / "archive").glob("*.evals.jsonl"))) == 2
+
+
+def test_a_dirty_commit_keeps_its_mark_in_the_archive_name(tmp_path):
+    kept = tmp_path / "results"
+    first = finished_run(tmp_path / "a" / "tmall" / "main_s0", hr=0.31)
+    (first / "results.json").write_text(json.dumps({**json.loads((first / "results.json").read_text()), "commit": "19503ab6ba-dirty"}))
+    (kept / "archive").mkdir(parents=True)
+    (kept / "archive" / "tmall_main_s0_19503ab-dirty.evals.jsonl").write_text("")  # a stray curve: its name is taken
+    result_copies.keep(str(first), str(kept))
+    result_copies.keep(str(finished_run(tmp_path / "b" / "tmall" / "main_s0", hr=0.32)), str(kept))
+    assert (kept / "archive" / "tmall_main_s0_19503ab-dirty_2.json").exists()
