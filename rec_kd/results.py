@@ -105,8 +105,9 @@ def teacher_results(workdir: str, step: int) -> dict | None:
 
     Why: a teacher trained again on another machine need not repeat its numbers, so students of one
     grid may distil from different trainings of one teacher run; the report pairs each student with
-    its own. `step` is the teacher model's step the student used last: a results.json reporting
-    another step belongs to another model, and like a missing or unreadable one gives None.
+    its own. `step` is the teacher model's step the student used last; `test` is that model's (the
+    refit model's, or the select-phase one's). A results.json of no model at that step belongs to
+    another training, and like a missing or unreadable one gives None.
     """
     path = os.path.join(workdir, "results.json")
     if not os.path.exists(path):
@@ -114,11 +115,16 @@ def teacher_results(workdir: str, step: int) -> dict | None:
     try:
         with open(path) as f:
             teacher = json.load(f)
-        found = teacher["selected_step"], teacher["test"]
+        # The reported model, and with a refit also the select-phase one (what a select-only student distils from).
+        models = {teacher["selected_step"]: teacher["test"]}
+        if teacher.get("select_phase"):
+            models.setdefault(teacher["select_phase"]["step"], teacher["select_phase"]["test"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         logging.warning("%s: not read (%r); the student's results name no teacher training", path, error)
         return None
-    if found[0] != step:
-        logging.warning("%s reports the teacher at step %s, but the student used step %s; no teacher training named", path, found[0], step)
+    if step not in models:
+        logging.warning(
+            "%s reports the teacher at steps %s, but the student used step %s; no teacher training named", path, sorted(models), step
+        )
         return None
-    return {"commits": teacher.get("commits", [teacher.get("commit")]), "wall_s": teacher.get("wall_s"), "test": found[1]}
+    return {"commits": teacher.get("commits", [teacher.get("commit")]), "wall_s": teacher.get("wall_s"), "step": step, "test": models[step]}

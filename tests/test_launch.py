@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launch import compare_tables, report
-from rec_kd import defaults
+from rec_kd import defaults, result_copies
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -45,7 +45,12 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     assert main["protocol"] == "refit on train+valid for the epochs selected on valid"
     assert main["teachers"]["select"]["checkpoint"] == "select" and main["teachers"]["refit"]["checkpoint"] == "best"
     teacher = json.loads((root / "tmall" / "teacher_s0" / "results.json").read_text())
-    assert main["teacher_results"] == {"commits": teacher["commits"], "wall_s": teacher["wall_s"], "test": teacher["test"]}
+    assert main["teacher_results"] == {
+        "commits": teacher["commits"],
+        "wall_s": teacher["wall_s"],
+        "step": teacher["selected_step"],
+        "test": teacher["test"],
+    }
     # --keep_results_in copied each run as it finished (rec_kd/result_copies.py).
     kept = sorted(path.name for path in (root.parent / "kept").iterdir())
     assert kept == sorted([f"tmall_{r}.json" for r in runs] + [f"tmall_{r}.evals.jsonl" for r in runs])
@@ -76,7 +81,7 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"{mean:.4f} ± {std:.4f}" in main_rows[0]
     main_line = next(line for line in text.splitlines() if line.startswith("- [main_s0]"))
-    assert f"teacher trained at {teacher['commit'][:7]} (test HR@20 {teacher['test']['hr@20']:.4f}," in main_line
+    assert f"teacher trained at {result_copies.short_commit(teacher['commit'])} (test HR@20 {teacher['test']['hr@20']:.4f}," in main_line
     for name in ("tmall_compression.png", "tmall_valid_curves.png"):
         assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "results").glob("*.json")) == [f"tmall_{r}.json" for r in runs]

@@ -44,16 +44,24 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
 
     assert teacher_results(str(tmp_path), 44929) is None  # the teacher has not finished
     test = {"hr@20": 0.52016, "mrr@20": 0.27504, "ndcg@20": 0.33}
-    teacher = {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "selected_step": 44929, "test": test}
+    select_test = {"hr@20": 0.46716, "mrr@20": 0.25489}
+    teacher = {
+        "commits": ["da6fe52799", "19503ab6ba"],
+        "wall_s": 3052.0,
+        "selected_step": 44929,
+        "test": test,
+        "select_phase": {"step": 15756, "test": select_test},
+    }
     (tmp_path / "results.json").write_text(json.dumps(teacher))
     training = teacher_results(str(tmp_path), 44929)
-    assert training == {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "test": test}
+    assert training == {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "step": 44929, "test": test}
+    assert teacher_results(str(tmp_path), 15756)["test"] == select_test  # a select-only student's teacher
     assert teacher_label({"teacher_results": training}) == ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
     dirty = {**training, "commits": ["da6fe52799-dirty"]}
     assert teacher_label({"teacher_results": dirty}) == ", teacher trained at da6fe52-dirty (test HR@20 0.5202, MRR@20 0.2750)"
     assert teacher_label({"teacher_results": None}) == teacher_label({}) == ""  # teachers, and students kept before the field
 
-    assert teacher_results(str(tmp_path), 15756) is None  # results of another model than the one distilled from
+    assert teacher_results(str(tmp_path), 15000) is None  # results of another training than the one distilled from
     old = {"commit": "1788740abc", "selected_step": 44929, "test": test}  # written before `commits`
     (tmp_path / "results.json").write_text(json.dumps(old))
     assert teacher_results(str(tmp_path), 44929)["commits"] == ["1788740abc"]
