@@ -263,8 +263,12 @@ def teacher_label(result: dict) -> str:
 
 
 def commit_label(result: dict) -> str:
-    """The commit a run started at, and the ones it was resumed at: 'abc... (resumed at def1234)'."""
-    resumed = [commit[:7] for commit in result.get("commits", [])[1:]]
+    """The commit a run started at, and the ones it was resumed at: 'abc... (resumed at def1234-dirty)'.
+
+    A resume at uncommitted code keeps its -dirty mark (result_copies.short_commit): the label is
+    how a reader tells which resumes ran code nobody can check out.
+    """
+    resumed = [result_copies.short_commit(commit) for commit in result.get("commits", [])[1:]]
     return result["commit"] + (f" (resumed at {', '.join(resumed)})" if resumed else "")
 
 
