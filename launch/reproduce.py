@@ -14,7 +14,11 @@ what the grid would run now (a default changed since) is kept, with a warning na
 Nothing is written into the repository unless --keep_results_in names a folder there
 (docs/results): each run's results are then copied into it the moment the run finishes, so they
 outlive this machine, and a run kept there under the grid's recipe is not trained again on a new
-machine (its teacher only where a student still needs it). `launch/report.py` turns ROOT (and those copies) into tables and plots.
+machine (its teacher only where a student still needs it). A refit run's select record is kept
+there too as its refit starts (FOLDER/select_records/), so a run whose session ended during its
+refit refits on the next machine without selecting again; a teacher whose students all refit so
+refits from its own record too (its select-phase model is then never needed). `launch/report.py`
+turns ROOT (and those copies) into tables and plots.
 
 Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
 train + valid and reports that model; students distil from the teacher's validation-selected model
@@ -33,13 +37,15 @@ Rows (students distil the dataset's seed-0 teacher):
 
 import ast
 import dataclasses
+import json
 import os
+import shutil
 import sys
 
 import ml_collections
 from absl import app, flags, logging
 
-from rec_kd import defaults, result_copies, runs, sweeps
+from rec_kd import defaults, result_copies, runs, sweeps, train
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
 from rec_kd.runs import read_run_config
@@ -226,9 +232,55 @@ def keep_finished(folder: str):
     return keep
 
 
+def keep_select_records(workdirs: list[str], folder: str):
+    """on_poll for run_jobs: copies the select record of every run that wrote one (result_copies.keep_select_record)."""
+
+    def keep() -> None:
+        for workdir in workdirs:
+            try:
+                kept = result_copies.keep_select_record(workdir, folder)
+            except (OSError, result_copies.CopyError) as error:
+                logging.warning("%s: select record not kept (%s)", workdir, error)
+                continue
+            if kept:
+                logging.info("kept %s", kept)
+
+    return keep
+
+
+def seed_from_select_record(workdir: str, copy_path: str, expected: ml_collections.ConfigDict) -> bool:
+    """Puts a kept select record into a workdir that has not trained here, so its run starts at the refit.
+
+    Why: the select phase ran in an earlier session, perhaps on another machine; its record holds
+    everything the refit needs. A record of another recipe is named and not used (the run then
+    selects again). Returns whether the workdir was seeded.
+    """
+    if runs.has_trained(workdir) or not os.path.exists(copy_path):
+        return False
+    try:
+        with open(copy_path) as f:
+            payload = json.load(f)
+        ran = ml_collections.ConfigDict(payload["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"{copy_path}: not a select record ({error!r}); move it away to select that run again")
+    drift = runs.recipe_drift(ran, runs.with_resolved_table(expected, lambda: sweeps.catalogue(expected)), "the grid")
+    if drift:
+        logging.warning("%s ran its select phase under another recipe (%s); the run selects again.", copy_path, "; ".join(drift))
+        return False
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(copy_path, os.path.join(workdir, runs.SELECT_RECORD))
+    logging.info("%s refits from %s (its select phase ran earlier).", workdir, copy_path)
+    return True
+
+
 def run_stage(jobs: list[sweeps.Job], parallel: int, keep_in: str | None = None) -> None:
     """Runs `jobs` to the end; exits naming what failed, or what SIGTERM stopped."""
-    codes = sweeps.run_jobs(jobs, parallel=parallel, on_exit=keep_finished(keep_in) if keep_in else None)
+    codes = sweeps.run_jobs(
+        jobs,
+        parallel=parallel,
+        on_exit=keep_finished(keep_in) if keep_in else None,
+        on_poll=keep_select_records([os.path.dirname(job.log_path) for job in jobs], keep_in) if keep_in else None,
+    )
     failed = {name: code for name, code in codes.items() if code > 0}
     if failed:
         sys.exit(f"failed: {failed}; see their stdout.log, then rerun to resume the grid")
@@ -256,6 +308,7 @@ def main(argv):
         sys.exit(str(error))
     teachers, students, skipped = [], [], 0
     kept_teachers, elsewhere = {}, 0
+    teacher_runs, select_teacher_needed = {}, set()  # job name -> (workdir, expected); datasets whose select-phase teacher a student needs
     for run in grid_runs:
         cmd = command(run, root)
         workdir = os.path.join(root, run.dataset, run.name)
@@ -274,19 +327,31 @@ def main(argv):
                 skipped += 1
                 if keep_in:  # finished before the flag, or its copy failed: kept now
                     keep_or_warn(workdir, keep_in)
+                    keep_select_records([workdir], keep_in)()
                 continue
             job = sweeps.Job(f"{run.dataset}/{run.name}", cmd, os.path.join(workdir, "stdout.log"))
+            if run.row == "teacher":
+                teacher_runs[job.name] = (workdir, expected)
             if finished_elsewhere(kept.get((run.dataset, run.name)), expected):
                 if run.row == "teacher":
                     kept_teachers[run.dataset] = job  # trained again only for the students still to run
                 else:
                     elsewhere += 1
                 continue
+            if run.row != "teacher" and keep_in:
+                seed_from_select_record(workdir, result_copies.select_record_copy(keep_in, run.dataset, run.name), expected)
+            if run.row != "teacher" and train.starting_phase(workdir) == "select":
+                select_teacher_needed.add(run.dataset)
             (teachers if run.row == "teacher" else students).append(job)
     if _DRY_RUN.value:
         return
     needed = {job.name.split("/")[0] for job in students}
     teachers += [job for dataset, job in kept_teachers.items() if dataset in needed]
+    for job in teachers:  # a teacher none of whose students selects here needs no select phase either
+        dataset = job.name.split("/")[0]
+        if keep_in and dataset not in select_teacher_needed:
+            workdir, expected = teacher_runs[job.name]
+            seed_from_select_record(workdir, result_copies.select_record_copy(keep_in, dataset, os.path.basename(workdir)), expected)
     elsewhere += sum(dataset not in needed for dataset in kept_teachers)
     logging.info(
         "%d runs finished%s (skipped); running %d teachers, then %d students, %d at a time (logs: WORKDIR/stdout.log).",

@@ -7,6 +7,10 @@ copy replaced by another training of the same run with other numbers moves to ar
 `launch/reproduce.py --keep_results_in=DIR` keeps each run as it finishes (and skips the runs kept
 under its recipe); `launch/report.py` keeps every run it reports and reads the copies back for runs
 its root no longer holds.
+
+A refit run's select record (runs.SELECT_RECORD, written as its refit starts) is kept too, in
+FOLDER/select_records/DATASET_RUN.json, as soon as it exists: a session may end during the refit,
+and a later one, on another machine, then refits from the record instead of selecting again.
 """
 
 import json
@@ -14,6 +18,8 @@ import os
 import re
 
 EVALS_SUFFIX = ".evals.jsonl"
+SELECT_RECORDS = "select_records"  # FOLDER/select_records/: the kept select records of refit runs
+SELECT_RECORD = "select_record.json"  # its name in a workdir (runs.SELECT_RECORD)
 # What a training measured: two copies that agree on these hold the same numbers.
 MEASURED_FIELDS = ("valid", "test", "test_cold", "select_phase", "paper_protocol_test")
 ARCHIVE = "archive"  # FOLDER/archive/: earlier trainings of a kept run, and runs dropped from the grid
@@ -182,3 +188,32 @@ def read_kept(folder: str) -> list[dict]:
 def evals_path(copy: dict) -> str:
     """Where a copy (from read_kept) keeps its run's eval records."""
     return os.path.join(os.path.dirname(copy["_copy"]), copy_name(copy["dataset"], copy["_run"]) + EVALS_SUFFIX)
+
+
+def select_record_copy(folder: str, dataset: str, run: str) -> str:
+    """Where `folder` keeps the select record of run `run` of `dataset`."""
+    return os.path.join(folder, SELECT_RECORDS, copy_name(dataset, run) + ".json")
+
+
+def keep_select_record(workdir: str, folder: str) -> str | None:
+    """Copies workdir's select record into `folder` unless it is kept there already; the copy's path when written.
+
+    A record that is not JSON, or names no dataset, is a CopyError naming it (and nothing is written).
+    """
+    source = os.path.join(workdir, SELECT_RECORD)
+    if not os.path.exists(source):
+        return None
+    with open(source) as f:
+        text = f.read()
+    try:
+        dataset = json.loads(text)["config"]["dataset"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CopyError(f"{source}: not a select record ({error!r})") from None
+    target = select_record_copy(folder, dataset, os.path.basename(os.path.normpath(workdir)))
+    if os.path.exists(target):
+        with open(target) as f:
+            if f.read() == text:
+                return None
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _write_atomically(target, text)
+    return target

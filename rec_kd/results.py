@@ -80,6 +80,8 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
             "test": selected["test"],
             "test_cold": selected["test_cold"],
         }
+        # The select_record.json the refit started from, when no checkpoint held the select phase (it ran elsewhere).
+        results["refit_from_record"] = record.get("refit_from_record")
     if config.stage == "student":
         dim = config.model.hidden_dim
         # STTD / TT: the padded rows prod(I), as the authors count; other kinds have exactly N + 1 rows.

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rec_kd import checkpointing, compress
+from rec_kd import checkpointing, compress, result_copies
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
 from rec_kd.models import build_model, init_model_params, resolve_table_config
@@ -229,8 +229,34 @@ def with_resolved_table(config: ml_collections.ConfigDict, load_data: Callable[[
 
 
 def has_trained(workdir: str) -> bool:
-    """A run has trained in `workdir` (a resumable checkpoint, or its results): resuming it continues that training."""
-    return has_checkpoint(workdir, "latest") or os.path.exists(os.path.join(workdir, "results.json"))
+    """A run has trained in `workdir` (a resumable checkpoint, its results, or its select record): resuming it continues that training."""
+    return any(os.path.exists(os.path.join(workdir, name)) for name in ("results.json", SELECT_RECORD)) or has_checkpoint(workdir, "latest")
+
+
+# A refit run's state as its refit starts: the run record (the select phase's history, the epochs it
+# selected, the select-phase teacher) and the resolved config, as JSON. The refit trains fresh
+# parameters, so nothing else is needed: a process on another machine, without the checkpoints,
+# refits from this file alone (train.adopt_select_records), and a grid keeps it in the repository.
+SELECT_RECORD = result_copies.SELECT_RECORD
+
+
+def read_select_record(workdir: str) -> dict | None:
+    """{'record', 'config'} of workdir/select_record.json, or None; a file that is not a refit's start is an error naming it."""
+    path = os.path.join(workdir, SELECT_RECORD)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("record"), dict) or not isinstance(payload.get("config"), dict):
+        raise ConfigError(f"{path}: expected a JSON object with a 'record' and a 'config' object")
+    record = payload["record"]
+    position = {name: record.get(name) for name in ("phase", "epoch", "batch_in_epoch")}
+    if position != {"phase": "refit", "epoch": 0, "batch_in_epoch": 0} or not record.get("best") or not record.get("history"):
+        raise ConfigError(f"{path}: not a record of a refit's start ({position}, a selected epoch and the select history expected)")
+    return payload
 
 
 def drift_since_training(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:

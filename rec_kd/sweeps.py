@@ -228,18 +228,26 @@ class Job:
 
 
 def run_jobs(
-    jobs: Sequence[Job], parallel: int = 1, poll_s: float = 0.5, on_exit: Callable[[Job, int], None] | None = None
+    jobs: Sequence[Job],
+    parallel: int = 1,
+    poll_s: float = 0.5,
+    on_exit: Callable[[Job, int], None] | None = None,
+    on_poll: Callable[[], None] | None = None,
+    on_poll_every_s: float = 60.0,
 ) -> dict[str, int]:
     """Runs commands, `parallel` at a time; {name: exit code}.
 
     SIGTERM or Ctrl-C to this process is passed on as SIGTERM to every running job (each saves a
     checkpoint and exits), no new job starts, and the jobs not started are reported as -1.
-    `on_exit(job, code)` is called as each job exits, while the others run on. Should this runner
+    `on_exit(job, code)` is called as each job exits, while the others run on; `on_poll()` every
+    `on_poll_every_s` while any job runs, and once more at the end (a grid copies what its runs
+    wrote so far, for a session that may end before they do). Should this runner
     fail (an on_exit that raises, say), its running jobs get SIGTERM and are waited for: none is
     left training in a workdir that a rerun would resume.
     """
     pending, running, codes = list(jobs), {}, {}
     stopping = False
+    polled = time.monotonic()
 
     def stop(signum, frame):
         nonlocal stopping
@@ -267,7 +275,12 @@ def run_jobs(
             if stopping:
                 codes.update({job.name: -1 for job in pending})
                 pending = []
+            if on_poll and time.monotonic() - polled >= on_poll_every_s:
+                on_poll()
+                polled = time.monotonic()
             time.sleep(poll_s)
+        if on_poll:
+            on_poll()
     except BaseException:
         stop(None, None)
         for process, log, _ in running.values():

@@ -57,6 +57,7 @@ def new_record() -> dict:
         "finished": False,
         "commits": [],  # the code version of every process that trained this run, in order
         "teachers": {},  # students: phase -> the teacher checkpoint it distilled from ({'checkpoint', 'step'})
+        "refit_from_record": None,  # the select_record.json this run's refit started from, when no checkpoint held its select phase
     }
 
 
@@ -168,8 +169,8 @@ def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: d
     """
     if sasrec.row_order(config) != "clustered":
         return
-    if runs.has_trained(workdir) and os.path.exists(os.path.join(workdir, "config.json")):
-        recorded = runs.read_run_config(workdir).table.get("item_rows", "")
+    recorded = recorded_item_rows(workdir) if runs.has_trained(workdir) else None
+    if recorded is not None:
         if recorded and config.table.item_rows and config.table.item_rows != recorded:
             raise ConfigError(
                 f"{workdir}/config.json: the run there trained on another item -> row map than the table.item_rows given; "
@@ -196,6 +197,14 @@ def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: d
         text = maps[key]
     with config.unlocked():
         config.table.item_rows = text
+
+
+def recorded_item_rows(workdir: str) -> str | None:
+    """The item -> row map recorded in `workdir`: config.json's, else the select record's ('' if another order; None: neither file)."""
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        return runs.read_run_config(workdir).table.get("item_rows", "")
+    payload = runs.read_select_record(workdir)
+    return None if payload is None else payload["config"].get("table", {}).get("item_rows", "")
 
 
 def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -239,8 +248,7 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
     if config.stage == "student":
         # The teacher of the phase the run is in (a run resumed in its refit never loads the select
         # one); every member's records hold the same phase, so the first member's tell.
-        phase = checkpointing.latest_phase(os.path.join(workdirs[0], "checkpoints", "latest"))
-        teacher = runs.load_teacher(config, data, placement.replicated, phase)
+        teacher = runs.load_teacher(config, data, placement.replicated, starting_phase(workdirs[0]))
     run = members.build_run(configs, data, placement, teacher, steps_per_epoch)
     stack = [
         Member(
@@ -259,8 +267,15 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
     return Training(stack, data, placement, buckets, teacher, run, run.state, train_and_valid)
 
 
+def starting_phase(workdir: str) -> str:
+    """The phase a process starts in: its newest checkpoint's, else 'refit' from a select record, else 'select'."""
+    if runs.has_checkpoint(workdir, "latest"):
+        return checkpointing.latest_phase(os.path.join(workdir, "checkpoints", "latest"))
+    return "refit" if os.path.exists(os.path.join(workdir, runs.SELECT_RECORD)) else "select"
+
+
 # ----------------------------------------------------------------------------------------------
-# Resume: from the members' newest common checkpoint, else from scratch.
+# Resume: from the members' newest common checkpoint, else from their select records, else from scratch.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -278,12 +293,57 @@ def resume(training: Training) -> None:
             member.record, member.resumed_from_step = record, int(record["step"])
         lead = training.lead
         logging.info("Resumed from step %d (epoch %d, batch %d).", lead["step"], lead["epoch"], lead["batch_in_epoch"])
+    else:
+        adopt_select_records(training)
     for member in training.members:
         member.record.setdefault("commits", [])  # runs started before this field existed
         if not member.record["commits"] or member.record["commits"][-1] != commit:
             member.record["commits"].append(commit)
         member.writer = MetricWriter(member.workdir, enabled=jax.process_index() == 0)
     use_phase_teacher(training)
+
+
+def adopt_select_records(training: Training) -> None:
+    """Members with no checkpoint but a select_record.json each start at their refit, from fresh parameters.
+
+    Why: a refit needs only the epochs its select phase chose (start_refit writes them down), so a
+    run whose select phase ended on another machine refits here without that machine's checkpoints.
+    The record must come from this recipe, and every member needs one at one loop position (they
+    share it); anything else is an error naming the file.
+    """
+    paths = [os.path.join(member.workdir, runs.SELECT_RECORD) for member in training.members]
+    payloads = [runs.read_select_record(member.workdir) for member in training.members]
+    if all(payload is None for payload in payloads):
+        return
+    present = [path for path, payload in zip(paths, payloads, strict=True) if payload is not None]
+    for path, payload in zip(paths, payloads, strict=True):
+        if payload is None:
+            raise ConfigError(f"{path}: missing, while {present[0]} is there; vmapped members refit together, each from its own record")
+    for member, path, payload in zip(training.members, paths, payloads, strict=True):
+        drift = runs.recipe_drift(ml_collections.ConfigDict(payload["config"]), member.config, "this command")
+        if drift:
+            raise ConfigError(
+                f"{path}: its select phase ran under another recipe ({'; '.join(drift)}); refit it under that one, or start afresh"
+            )
+        record = {**new_record(), **payload["record"], "refit_from_record": path}
+        record["teachers"] = {phase: used for phase, used in record["teachers"].items() if phase == "select"}
+        member.record, member.resumed_from_step = record, int(record["step"])
+    if len({member.record["step"] for member in training.members}) > 1:
+        raise ConfigError(f"{paths}: the members' select records stop at different steps; they were not one vmapped run")
+    training.state = training.run.init_state()
+    selected = [member.record["best"]["epoch"] for member in training.members]
+    logging.info("Refitting from %s: epochs %s selected on valid by an earlier process.", paths[0], selected)
+
+
+def write_select_records(training: Training) -> None:
+    """workdir/select_record.json for every member (process 0), written atomically as its refit starts."""
+    if jax.process_index() != 0:
+        return
+    for member in training.members:
+        path = os.path.join(member.workdir, runs.SELECT_RECORD)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"record": member.record, "config": member.config.to_dict()}, f, sort_keys=True)
+        os.replace(path + ".tmp", path)
 
 
 def save_latest(training: Training) -> None:
@@ -457,6 +517,7 @@ def start_refit(training: Training) -> None:
     training.state = training.run.init_state()
     for member in training.members:
         member.record.update(phase="refit", epoch=0, batch_in_epoch=0, select_done=False)
+    write_select_records(training)  # before the refit teacher is named: another machine's refit names its own
     use_phase_teacher(training)
 
 

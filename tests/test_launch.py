@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launch import compare_tables, report
-from rec_kd import defaults, result_copies
+from rec_kd import defaults, result_copies, runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -38,8 +38,8 @@ def smoke_grid(tmp_path_factory, data_dir):
 
 def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     (root, env_cmd), out = smoke_grid, tmp_path / "report"
-    runs = sorted(path.parent.name for path in root.glob("tmall/*/results.json"))
-    assert runs == ["main_s0", "main_s1", "teacher_s0", "tt_s0"]
+    run_names = sorted(path.parent.name for path in root.glob("tmall/*/results.json"))
+    assert run_names == ["main_s0", "main_s1", "teacher_s0", "tt_s0"]
     # The default protocol: every run refit on train + valid; students used the teacher's select/ model first.
     main = json.loads((root / "tmall" / "main_s0" / "results.json").read_text())
     assert main["protocol"] == "refit on train+valid for the epochs selected on valid"
@@ -52,8 +52,13 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
         "test": teacher["test"],
     }
     # --keep_results_in copied each run as it finished (rec_kd/result_copies.py).
-    kept = sorted(path.name for path in (root.parent / "kept").iterdir())
-    assert kept == sorted([f"tmall_{r}.json" for r in runs] + [f"tmall_{r}.evals.jsonl" for r in runs])
+    kept = sorted(path.name for path in (root.parent / "kept").iterdir() if path.is_file())
+    assert kept == sorted([f"tmall_{r}.json" for r in run_names] + [f"tmall_{r}.evals.jsonl" for r in run_names])
+    # ... and each run's select record as its refit started (result_copies.keep_select_record).
+    records = root.parent / "kept" / result_copies.SELECT_RECORDS
+    assert sorted(path.name for path in records.iterdir()) == [f"tmall_{r}.json" for r in run_names]
+    for r in run_names:
+        assert (records / f"tmall_{r}.json").read_text() == (root / "tmall" / r / result_copies.SELECT_RECORD).read_text()
     assert json.loads((root.parent / "kept" / "tmall_main_s0.json").read_text()) == main
     # Rerunning skips finished runs instead of training again.
     again = subprocess.run(env_cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
@@ -84,7 +89,7 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
     assert f"teacher trained at {result_copies.short_commit(teacher['commit'])} (test HR@20 {teacher['test']['hr@20']:.4f}," in main_line
     for name in ("tmall_compression.png", "tmall_valid_curves.png"):
         assert (out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (out / "results").glob("*.json")) == [f"tmall_{r}.json" for r in runs]
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == [f"tmall_{r}.json" for r in run_names]
     # Each copy keeps its run's eval records, so a machine without the workdirs draws the same report.
     evals = [json.loads(line) for line in (out / "results" / "tmall_main_s0.evals.jsonl").read_text().splitlines()]
     logged = [json.loads(line) for line in (root / "tmall" / "main_s0" / "metrics.jsonl").read_text().splitlines()]
@@ -110,6 +115,33 @@ def test_the_grid_runs_teachers_first_then_students_in_priority_order(tmp_path, 
         "tmall/ce_s0",
         "retailrocket/ce_s0",
     ]
+
+
+def test_a_new_machine_refits_teacher_and_student_from_the_kept_select_records(smoke_grid, tmp_path):
+    """Only the select records survive (a session ended during the refits): neither run selects again, and both report the same."""
+    root, env_cmd = smoke_grid
+    kept = tmp_path / "kept"
+    (kept / result_copies.SELECT_RECORDS).mkdir(parents=True)
+    for name in ("teacher_s0", "main_s0"):
+        source = root.parent / "kept" / result_copies.SELECT_RECORDS / f"tmall_{name}.json"
+        (kept / result_copies.SELECT_RECORDS / source.name).write_bytes(source.read_bytes())
+    flags = {"--root": str(tmp_path / "runs"), "--keep_results_in": str(kept), "--seeds": "0", "--rows": "teacher,main", "--parallel": "1"}
+    command = [arg for arg in env_cmd if arg.split("=", 1)[0] not in flags] + [f"{key}={value}" for key, value in flags.items()]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("teacher_s0", "main_s0"):
+        again_dir = tmp_path / "runs" / "tmall" / name
+        assert f"{again_dir} refits from {kept / result_copies.SELECT_RECORDS / f'tmall_{name}.json'}" in result.stderr
+        assert not runs.has_checkpoint(str(again_dir), "select")  # no select phase ran here
+        again, first = (json.loads((d / "results.json").read_text()) for d in (again_dir, root / "tmall" / name))
+        assert (again["selected_epoch"], again["selected_step"], again["select_phase"]) == (
+            first["selected_epoch"],
+            first["selected_step"],
+            first["select_phase"],
+        )
+        for metric, value in first["test"].items():
+            assert again["test"][metric] == pytest.approx(value, abs=1e-5), (name, metric)
+        assert again["refit_from_record"] == str(again_dir / result_copies.SELECT_RECORD)
 
 
 def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path, data_dir):

@@ -17,7 +17,7 @@ import pytest
 
 from rec_kd import defaults, row_order, runs, train
 from rec_kd.data import load_configured
-from tests.test_members import assert_same_metrics, small_config
+from tests.test_members import assert_same_metrics, small_config, train_losses
 
 pytestmark = pytest.mark.slow
 
@@ -199,3 +199,81 @@ def test_clustered_members_share_one_map_and_members_on_different_maps_are_refus
     given.table.item_factors, given.table.item_rows = factors, row_order.encode_item_rows(other)
     with pytest.raises(defaults.ConfigError, match="trained on another item -> row map than the table.item_rows given"):
         train.fill_clustered_rows(given, str(workdirs[0]), None, {})
+
+
+# A refit needs only its select record: a run whose select phase ended on another machine refits here.
+
+
+def refit_elsewhere(source: Path, target: Path) -> Path:
+    """A fresh workdir holding only `source`'s select record (what a grid keeps in the repository)."""
+    target.mkdir(parents=True)
+    shutil.copy(source / runs.SELECT_RECORD, target / runs.SELECT_RECORD)
+    return target
+
+
+def assert_same_refit(again_dir: Path, unbroken_dir: Path) -> None:
+    """The refit from the record reports what the unbroken run reports, loss for loss over the refit."""
+    again, unbroken = read_results(again_dir), read_results(unbroken_dir)
+    for field in ("selected_epoch", "selected_step", "valid", "select_phase", "protocol"):
+        assert again[field] == unbroken[field], field
+    for split in ("test", "test_cold"):
+        for name, value in unbroken[split].items():
+            assert again[split][name] == pytest.approx(value, abs=1e-6), (split, name)
+    again_losses, unbroken_losses = train_losses(again_dir), train_losses(unbroken_dir)
+    refit_steps = [step for step in unbroken_losses if step > unbroken["select_phase"]["step"] and step > min(again_losses)]
+    assert sorted(again_losses) == sorted(step for step in unbroken_losses if step >= min(again_losses)) and len(refit_steps) >= 4
+    np.testing.assert_allclose([again_losses[s] for s in refit_steps], [unbroken_losses[s] for s in refit_steps], rtol=1e-6)
+    assert again["refit_from_record"] == str(again_dir / runs.SELECT_RECORD) and unbroken["refit_from_record"] is None
+    assert not runs.has_checkpoint(str(again_dir), "select")  # the select phase ran elsewhere
+
+
+def test_vmapped_members_refit_from_their_select_records_alone_as_the_unbroken_run(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    record = json.loads((member_dirs[1] / runs.SELECT_RECORD).read_text())
+    assert record["record"]["best"]["epoch"] == 1 and record["config"]["train"]["learning_rate"] == 0.0
+    fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
+    again_dirs = [refit_elsewhere(d, tmp_path / d.name) for d in member_dirs]
+    train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in again_dirs])
+    for again_dir, member_dir in zip(again_dirs, member_dirs, strict=True):
+        assert_same_refit(again_dir, member_dir)
+    # The refit model is the shipped one, as after an unbroken run.
+    assert runs.load_trained(str(again_dirs[0]), read_results(again_dirs[0])["num_items"]).refit
+
+
+def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_select_model(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    config = refit_config("student", teacher_workdir=str(member_dirs[0]))
+    config.train.num_epochs = 2
+    unbroken = train.train_and_evaluate(config, str(tmp_path / "student"))
+    # Another machine's teacher: refit from its own record, so it has no checkpoints/select/ to give.
+    teacher_dir = tmp_path / "teacher_refit_only"
+    shutil.copytree(member_dirs[0], teacher_dir)
+    shutil.rmtree(teacher_dir / "checkpoints" / "select")
+    config.teacher_workdir = str(teacher_dir)
+    again_dir = refit_elsewhere(tmp_path / "student", tmp_path / "again")
+    again = train.train_and_evaluate(config, str(again_dir))
+    assert_same_refit(again_dir, tmp_path / "student")
+    assert again["teachers"] == unbroken["teachers"] and again["commits"][0] == unbroken["commits"][0]
+    # Without its record the same workdir would start a select phase, which that teacher cannot serve.
+    with pytest.raises(defaults.ConfigError, match=r"checkpoints/best: the teacher was refit on train \+ valid"):
+        train.train_and_evaluate(config, str(tmp_path / "fresh"))
+
+
+def test_a_select_record_of_another_recipe_or_position_or_a_missing_member_is_refused(refit_teachers, tmp_path):
+    member_dirs, _ = refit_teachers
+    other = refit_config("teacher", seed=0, train__learning_rate=1e-3)  # the record ran at 3e-3
+    with pytest.raises(defaults.ConfigError, match=r"select_record.json: its select phase ran under another recipe \(train.learning_rate"):
+        train.train_and_evaluate(other, str(refit_elsewhere(member_dirs[0], tmp_path / "recipe")))
+    moved = refit_elsewhere(member_dirs[0], tmp_path / "position")
+    payload = json.loads((moved / runs.SELECT_RECORD).read_text())
+    payload["record"]["epoch"] = 1  # a record saved mid-refit: the refit's first epoch would be lost
+    (moved / runs.SELECT_RECORD).write_text(json.dumps(payload))
+    with pytest.raises(defaults.ConfigError, match=r"select_record.json: not a record of a refit's start"):
+        train.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(moved))
+    (moved / runs.SELECT_RECORD).write_text("{not json")
+    with pytest.raises(defaults.ConfigError, match=r"select_record.json: not valid JSON"):
+        train.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(moved))
+    fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
+    pair = [refit_elsewhere(member_dirs[0], tmp_path / "pair_0"), tmp_path / "pair_1"]
+    with pytest.raises(defaults.ConfigError, match=r"pair_1/select_record.json: missing, while .*pair_0/select_record.json is there"):
+        train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])

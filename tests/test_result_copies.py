@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,16 @@ def test_run_jobs_reports_each_exit_as_it_happens(tmp_path):
     ]
     codes = sweeps.run_jobs(jobs, parallel=1, poll_s=0.01, on_exit=lambda job, code: exits.append((job.name, code)))
     assert codes == {"ok": 0, "bad": 3} and exits == [("ok", 0), ("bad", 3)]
+
+
+def test_run_jobs_polls_while_jobs_run_and_once_after_the_last(tmp_path):
+    exits, polls = [], []
+    jobs = [sweeps.Job("slow", [sys.executable, "-c", "import time; time.sleep(1.0)"], str(tmp_path / "slow" / "stdout.log"))]
+    sweeps.run_jobs(
+        jobs, poll_s=0.01, on_exit=lambda job, code: exits.append(code), on_poll=lambda: polls.append(len(exits)), on_poll_every_s=0.2
+    )
+    assert polls[-1] == 1  # the last poll follows the exit: a record written at the end is kept
+    assert polls.count(0) >= 2  # and it polled while the job ran (every 0.2 s of its second)
 
 
 def test_a_copy_of_another_kind_of_run_is_not_replaced_and_bad_files_are_named(tmp_path):
@@ -149,3 +160,23 @@ def test_a_dirty_commit_keeps_its_mark_in_the_archive_name(tmp_path):
     result_copies.keep(str(first), str(kept))
     result_copies.keep(str(finished_run(tmp_path / "b" / "tmall" / "main_s0", hr=0.32)), str(kept))
     assert (kept / "archive" / "tmall_main_s0_19503ab-dirty_2.json").exists()
+
+
+def test_a_select_record_is_kept_once_under_its_dataset_and_run_and_a_broken_one_is_named(tmp_path):
+    workdir, kept = tmp_path / "runs" / "tmall" / "main_s1", tmp_path / "kept"
+    workdir.mkdir(parents=True)
+    assert result_copies.keep_select_record(str(workdir), str(kept)) is None  # no record yet: nothing to keep
+    record = {"record": {"phase": "refit", "epoch": 0, "best": {"epoch": 3}}, "config": {"dataset": "tmall"}}
+    (workdir / result_copies.SELECT_RECORD).write_text(json.dumps(record))
+    expected = kept / result_copies.SELECT_RECORDS / "tmall_main_s1.json"
+    assert result_copies.keep_select_record(str(workdir), str(kept)) == str(expected)
+    assert json.loads(expected.read_text()) == record and expected == Path(result_copies.select_record_copy(str(kept), "tmall", "main_s1"))
+    assert result_copies.keep_select_record(str(workdir), str(kept)) is None  # kept already: not written again
+    record["record"]["best"]["epoch"] = 4  # a new training of the run selected again
+    (workdir / result_copies.SELECT_RECORD).write_text(json.dumps(record))
+    assert result_copies.keep_select_record(str(workdir), str(kept)) == str(expected)
+    assert json.loads(expected.read_text())["record"]["best"]["epoch"] == 4
+    (workdir / result_copies.SELECT_RECORD).write_text('{"record": {}}')
+    with pytest.raises(result_copies.CopyError, match=r"main_s1/select_record.json: not a select record"):
+        result_copies.keep_select_record(str(workdir), str(kept))
+    assert json.loads(expected.read_text())["record"]["best"]["epoch"] == 4  # the kept one is untouched
