@@ -248,6 +248,12 @@ def keep_select_records(workdirs: list[str], folder: str):
     return keep
 
 
+def refit_from_record(workdir: str) -> bool:
+    """Whether the finished run in `workdir` refit from a select record (so it holds no select-phase model)."""
+    with open(os.path.join(workdir, "results.json")) as f:
+        return bool(json.load(f).get("refit_from_record"))
+
+
 def seed_from_select_record(workdir: str, copy_path: str, expected: ml_collections.ConfigDict) -> bool:
     """Puts a kept select record into a workdir that has not trained here, so its run starts at the refit.
 
@@ -258,11 +264,9 @@ def seed_from_select_record(workdir: str, copy_path: str, expected: ml_collectio
     if runs.has_trained(workdir) or not os.path.exists(copy_path):
         return False
     try:
-        with open(copy_path) as f:
-            payload = json.load(f)
-        ran = ml_collections.ConfigDict(payload["config"])
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"{copy_path}: not a select record ({error!r}); move it away to select that run again")
+        ran = ml_collections.ConfigDict(runs.read_select_record_file(copy_path)["config"])
+    except (OSError, defaults.ConfigError) as error:
+        sys.exit(f"{error}; move {copy_path} away to select that run again")
     drift = runs.recipe_drift(ran, runs.with_resolved_table(expected, lambda: sweeps.catalogue(expected)), "the grid")
     if drift:
         logging.warning("%s ran its select phase under another recipe (%s); the run selects again.", copy_path, "; ".join(drift))
@@ -352,6 +356,13 @@ def main(argv):
         if keep_in and dataset not in select_teacher_needed:
             workdir, expected = teacher_runs[job.name]
             seed_from_select_record(workdir, result_copies.select_record_copy(keep_in, dataset, os.path.basename(workdir)), expected)
+    for dataset in select_teacher_needed:  # a teacher that refit from its record here has no select-phase model to give
+        teacher_dir = os.path.join(root, dataset, "teacher_s0")
+        if sweeps.run_is_finished(teacher_dir) and refit_from_record(teacher_dir) and not runs.has_checkpoint(teacher_dir, "select"):
+            sys.exit(
+                f"{teacher_dir}: refit without its select phase (from a select record), but a {dataset} student here still "
+                "selects on valid and needs that model; move the teacher's workdir away to train it again in full"
+            )
     elsewhere += sum(dataset not in needed for dataset in kept_teachers)
     logging.info(
         "%d runs finished%s (skipped); running %d teachers, then %d students, %d at a time (logs: WORKDIR/stdout.log).",

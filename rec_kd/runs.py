@@ -241,10 +241,13 @@ SELECT_RECORD = result_copies.SELECT_RECORD
 
 
 def read_select_record(workdir: str) -> dict | None:
-    """{'record', 'config'} of workdir/select_record.json, or None; a file that is not a refit's start is an error naming it."""
+    """{'record', 'config'} of workdir/select_record.json, or None where there is none (read_select_record_file)."""
     path = os.path.join(workdir, SELECT_RECORD)
-    if not os.path.exists(path):
-        return None
+    return read_select_record_file(path) if os.path.exists(path) else None
+
+
+def read_select_record_file(path: str) -> dict:
+    """{'record', 'config'} of a select record; a file that is not a refit's start is a ConfigError naming it."""
     try:
         with open(path) as f:
             payload = json.load(f)
@@ -253,17 +256,22 @@ def read_select_record(workdir: str) -> dict | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("record"), dict) or not isinstance(payload.get("config"), dict):
         raise ConfigError(f"{path}: expected a JSON object with a 'record' and a 'config' object")
     record = payload["record"]
-    position = {name: record.get(name) for name in ("phase", "epoch", "batch_in_epoch")}
-    if position != {"phase": "refit", "epoch": 0, "batch_in_epoch": 0} or not record.get("best") or not record.get("history"):
-        raise ConfigError(f"{path}: not a record of a refit's start ({position}, a selected epoch and the select history expected)")
+    position = {name: record.get(name) for name in ("phase", "epoch", "batch_in_epoch", "finished")}
+    at_start = position == {"phase": "refit", "epoch": 0, "batch_in_epoch": 0, "finished": False} and not record.get("refit_history")
+    selected = isinstance(record.get("best"), dict) and isinstance(record["best"].get("epoch"), int) and record.get("history")
+    if not (at_start and selected and isinstance(record.get("step"), int)):
+        raise ConfigError(f"{path}: not a record of a refit's start ({position}; a step, a selected epoch and the select history expected)")
     return payload
 
 
 def drift_since_training(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
-    """config_drift of a run that has trained in `workdir`; [] where none has (resuming starts it afresh)."""
-    if not has_trained(workdir) or not os.path.exists(os.path.join(workdir, "config.json")):
+    """config_drift of a run that has trained in `workdir` (against its select record before config.json exists); [] where none has."""
+    if not has_trained(workdir):
         return []
-    return config_drift(workdir, expected, launcher=launcher)
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        return config_drift(workdir, expected, launcher=launcher)
+    payload = read_select_record(workdir)
+    return [] if payload is None else recipe_drift(ml_collections.ConfigDict(payload["config"]), expected, launcher)
 
 
 def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:

@@ -216,8 +216,9 @@ def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> Non
     """
     drift = runs.drift_since_training(workdir, config, "this command")
     if drift:
+        recorded = "config.json" if os.path.exists(os.path.join(workdir, "config.json")) else runs.SELECT_RECORD
         raise ConfigError(
-            f"{workdir}/config.json: the run there started under another recipe ({'; '.join(drift)}); resuming it "
+            f"{workdir}/{recorded}: the run there started under another recipe ({'; '.join(drift)}); resuming it "
             "would mix the two. Rerun it with its recorded settings, use a new --workdir, or, to go on under the new "
             "settings on purpose, write them into its config.json first"
         )
@@ -308,8 +309,9 @@ def adopt_select_records(training: Training) -> None:
 
     Why: a refit needs only the epochs its select phase chose (start_refit writes them down), so a
     run whose select phase ended on another machine refits here without that machine's checkpoints.
-    The record must come from this recipe, and every member needs one at one loop position (they
-    share it); anything else is an error naming the file.
+    The record must come from this recipe (write_configs checks it, as for a checkpoint, before
+    anything is written), and every member needs one at one loop position (they share it);
+    anything else is an error naming the file.
     """
     paths = [os.path.join(member.workdir, runs.SELECT_RECORD) for member in training.members]
     payloads = [runs.read_select_record(member.workdir) for member in training.members]
@@ -319,12 +321,7 @@ def adopt_select_records(training: Training) -> None:
     for path, payload in zip(paths, payloads, strict=True):
         if payload is None:
             raise ConfigError(f"{path}: missing, while {present[0]} is there; vmapped members refit together, each from its own record")
-    for member, path, payload in zip(training.members, paths, payloads, strict=True):
-        drift = runs.recipe_drift(ml_collections.ConfigDict(payload["config"]), member.config, "this command")
-        if drift:
-            raise ConfigError(
-                f"{path}: its select phase ran under another recipe ({'; '.join(drift)}); refit it under that one, or start afresh"
-            )
+    for member, path, payload in zip(training.members, paths, payloads, strict=True):  # its recipe: check_resumed_recipe
         record = {**new_record(), **payload["record"], "refit_from_record": path}
         record["teachers"] = {phase: used for phase, used in record["teachers"].items() if phase == "select"}
         member.record, member.resumed_from_step = record, int(record["step"])

@@ -142,6 +142,17 @@ def test_a_new_machine_refits_teacher_and_student_from_the_kept_select_records(s
         for metric, value in first["test"].items():
             assert again["test"][metric] == pytest.approx(value, abs=1e-5), (name, metric)
         assert again["refit_from_record"] == str(again_dir / result_copies.SELECT_RECORD)
+    # A student that still selects here needs the select-phase teacher this machine never trained: named, nothing runs.
+    seed1 = [arg for arg in command if not arg.startswith("--seeds=")] + ["--seeds=1"]
+    refused = subprocess.run(seed1, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "teacher_s0: refit without its select phase (from a select record)" in refused.stderr
+    assert not (tmp_path / "runs" / "tmall" / "main_s1").exists()
+    # A kept record that is not a refit's start is named, with the way out.
+    bad = kept / result_copies.SELECT_RECORDS / "tmall_main_s1.json"
+    bad.write_text(json.dumps({"record": {"phase": "select"}, "config": {}}))
+    broken = subprocess.run(seed1, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 1 and f"{bad}: not a record of a refit's start" in broken.stderr
+    assert f"move {bad} away to select that run again" in broken.stderr
 
 
 def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path, data_dir):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rec_kd import defaults, row_order, runs, train
+from rec_kd import checkpointing, defaults, row_order, runs, train
 from rec_kd.data import load_configured
 from tests.test_members import assert_same_metrics, small_config, train_losses
 
@@ -262,8 +262,13 @@ def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_se
 def test_a_select_record_of_another_recipe_or_position_or_a_missing_member_is_refused(refit_teachers, tmp_path):
     member_dirs, _ = refit_teachers
     other = refit_config("teacher", seed=0, train__learning_rate=1e-3)  # the record ran at 3e-3
-    with pytest.raises(defaults.ConfigError, match=r"select_record.json: its select phase ran under another recipe \(train.learning_rate"):
+    with pytest.raises(
+        defaults.ConfigError, match=r"recipe/select_record.json: the run there started under another recipe \(train.learning_rate"
+    ):
         train.train_and_evaluate(other, str(refit_elsewhere(member_dirs[0], tmp_path / "recipe")))
+    assert not (tmp_path / "recipe" / "config.json").exists()  # refused before anything was written: its own recipe still refits
+    train.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(tmp_path / "recipe"))
+    assert_same_refit(tmp_path / "recipe", member_dirs[0])
     moved = refit_elsewhere(member_dirs[0], tmp_path / "position")
     payload = json.loads((moved / runs.SELECT_RECORD).read_text())
     payload["record"]["epoch"] = 1  # a record saved mid-refit: the refit's first epoch would be lost
@@ -276,4 +281,8 @@ def test_a_select_record_of_another_recipe_or_position_or_a_missing_member_is_re
     fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
     pair = [refit_elsewhere(member_dirs[0], tmp_path / "pair_0"), tmp_path / "pair_1"]
     with pytest.raises(defaults.ConfigError, match=r"pair_1/select_record.json: missing, while .*pair_0/select_record.json is there"):
+        train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])
+    # A member with a checkpoint of its own beside one with a record: refused, its progress is not dropped.
+    shutil.copytree(member_dirs[1] / "checkpoints", pair[1] / "checkpoints", dirs_exist_ok=True)
+    with pytest.raises(checkpointing.CheckpointError, match=r"no checkpoint step common to every member restores: .*pair_0"):
         train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])

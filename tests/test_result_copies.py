@@ -55,12 +55,12 @@ def test_run_jobs_reports_each_exit_as_it_happens(tmp_path):
 
 def test_run_jobs_polls_while_jobs_run_and_once_after_the_last(tmp_path):
     exits, polls = [], []
-    jobs = [sweeps.Job("slow", [sys.executable, "-c", "import time; time.sleep(1.0)"], str(tmp_path / "slow" / "stdout.log"))]
+    jobs = [sweeps.Job("slow", [sys.executable, "-c", "import time; time.sleep(2.0)"], str(tmp_path / "slow" / "stdout.log"))]
     sweeps.run_jobs(
         jobs, poll_s=0.01, on_exit=lambda job, code: exits.append(code), on_poll=lambda: polls.append(len(exits)), on_poll_every_s=0.2
     )
     assert polls[-1] == 1  # the last poll follows the exit: a record written at the end is kept
-    assert polls.count(0) >= 2  # and it polled while the job ran (every 0.2 s of its second)
+    assert polls.count(0) >= 2  # and it polled while the job ran (every 0.2 s of its two seconds)
 
 
 def test_a_copy_of_another_kind_of_run_is_not_replaced_and_bad_files_are_named(tmp_path):
