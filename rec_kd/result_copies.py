@@ -37,7 +37,7 @@ def copy_name(dataset: str, run: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', dataset)}_{run}"
 
 
-def _write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str) -> None:
     """A reader (a report, a later grid) never sees half a file, even if this process is killed mid-write."""
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -127,9 +127,9 @@ def _write_copy(result_text: str, evals: str | None, folder: str, name: str) -> 
     _check_replaceable(path, result)
     evals_file = os.path.join(folder, name + EVALS_SUFFIX)
     _archive_other_training(path, evals_file, result, folder, name)
-    _write_atomically(path, result_text)
+    write_atomically(path, result_text)
     if evals is not None:
-        _write_atomically(evals_file, evals)
+        write_atomically(evals_file, evals)
     elif os.path.exists(evals_file):
         os.remove(evals_file)  # an older run's curve must not pass for this one's
     return path
@@ -215,5 +215,5 @@ def keep_select_record(workdir: str, folder: str) -> str | None:
             if f.read() == text:
                 return None
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    _write_atomically(target, text)
+    write_atomically(target, text)
     return target

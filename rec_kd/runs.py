@@ -264,14 +264,18 @@ def read_select_record_file(path: str) -> dict:
     return payload
 
 
-def drift_since_training(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
-    """config_drift of a run that has trained in `workdir` (against its select record before config.json exists); [] where none has."""
-    if not has_trained(workdir):
-        return []
+def recorded_config(workdir: str) -> ml_collections.ConfigDict | None:
+    """The resolved config `workdir` records: its config.json, else (before a process wrote one) its select record's; None if neither."""
     if os.path.exists(os.path.join(workdir, "config.json")):
-        return config_drift(workdir, expected, launcher=launcher)
+        return read_run_config(workdir)
     payload = read_select_record(workdir)
-    return [] if payload is None else recipe_drift(ml_collections.ConfigDict(payload["config"]), expected, launcher)
+    return None if payload is None else ml_collections.ConfigDict(payload["config"])
+
+
+def drift_since_training(workdir: str, expected: ml_collections.ConfigDict, launcher: str) -> list[str]:
+    """recipe_drift of a run that has trained in `workdir` against the config it records; [] where none has."""
+    recorded = recorded_config(workdir) if has_trained(workdir) else None
+    return [] if recorded is None else recipe_drift(recorded, expected, launcher)
 
 
 def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from rec_kd import checkpointing, evaluation, members, results, row_order, runs
+from rec_kd import checkpointing, evaluation, members, result_copies, results, row_order, runs
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
 from rec_kd.models import resolve_table_config, sasrec
@@ -151,10 +151,9 @@ def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.Ses
     for member_config, workdir in zip(configs, workdirs, strict=True):
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:  # atomically: the other processes may be reading it in check_resumed_recipe
-            path = os.path.join(workdir, "config.json")
-            with open(path + ".tmp", "w") as f:
-                f.write(member_config.to_json_best_effort(indent=2, sort_keys=True))
-            os.replace(path + ".tmp", path)
+            result_copies.write_atomically(
+                os.path.join(workdir, "config.json"), member_config.to_json_best_effort(indent=2, sort_keys=True)
+            )
 
 
 def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: data_lib.SessionData, maps: dict, sharding=None) -> None:
@@ -169,8 +168,9 @@ def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: d
     """
     if sasrec.row_order(config) != "clustered":
         return
-    recorded = recorded_item_rows(workdir) if runs.has_trained(workdir) else None
-    if recorded is not None:
+    recorded_config = runs.recorded_config(workdir) if runs.has_trained(workdir) else None
+    if recorded_config is not None:
+        recorded = recorded_config.table.get("item_rows", "")
         if recorded and config.table.item_rows and config.table.item_rows != recorded:
             raise ConfigError(
                 f"{workdir}/config.json: the run there trained on another item -> row map than the table.item_rows given; "
@@ -197,14 +197,6 @@ def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: d
         text = maps[key]
     with config.unlocked():
         config.table.item_rows = text
-
-
-def recorded_item_rows(workdir: str) -> str | None:
-    """The item -> row map recorded in `workdir`: config.json's, else the select record's ('' if another order; None: neither file)."""
-    if os.path.exists(os.path.join(workdir, "config.json")):
-        return runs.read_run_config(workdir).table.get("item_rows", "")
-    payload = runs.read_select_record(workdir)
-    return None if payload is None else payload["config"].get("table", {}).get("item_rows", "")
 
 
 def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -337,10 +329,8 @@ def write_select_records(training: Training) -> None:
     if jax.process_index() != 0:
         return
     for member in training.members:
-        path = os.path.join(member.workdir, runs.SELECT_RECORD)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"record": member.record, "config": member.config.to_dict()}, f, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        payload = {"record": member.record, "config": member.config.to_dict()}
+        result_copies.write_atomically(os.path.join(member.workdir, runs.SELECT_RECORD), json.dumps(payload, sort_keys=True))
 
 
 def save_latest(training: Training) -> None:
