@@ -259,7 +259,10 @@ def teacher_label(result: dict) -> str:
         return ""
     test = teacher["test"]
     commit = result_copies.short_commit(teacher["commits"][0] if teacher.get("commits") else None)
-    return f", teacher trained at {commit} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
+    label = f", teacher trained at {commit} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
+    if result.get("refit_teacher_as_recorded") is False:  # refit from a select record, by another teacher training
+        label += "; epochs selected with another training of the teacher"
+    return label
 
 
 def commit_label(result: dict) -> str:

@@ -9,19 +9,41 @@ or a bad disk costs the steps since the previous one, never the run.
 Managers serve a run: `latest/` (the resumable state, a few kept), `best/` (the best-validation
 parameters, or the refit ones after a refit; one kept; a student restores its teacher from there)
 and, in refit runs, `select/` (the best-validation parameters, kept after the refit).
+`params_digest` names the parameters a save holds, so a run can tell two trainings apart.
 """
 
+import hashlib
 import os
 import signal
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 
 class CheckpointError(RuntimeError):
     """No checkpoint in a directory could be restored."""
+
+
+def params_digest(params: Any) -> str:
+    """16 hex digits of SHA-256 over every leaf's path, dtype, shape and bytes, in tree order.
+
+    Why: a checkpoint's step says where a training stopped, not which training it was; a teacher
+    trained again (another machine, another CPU model) saves at the same steps with other values.
+    The digest tells them apart, so a student can prove which teacher training it distilled from.
+    Leaves must be replicated (a model's parameters are, in every run): each process hashes its
+    own full copy, so every process gets the same digest.
+    """
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree.flatten_with_path(params)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_shards[0].data
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:

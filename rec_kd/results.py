@@ -69,6 +69,8 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         "wall_s": wall_s,
         "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
         "command": command or shlex.join(sys.argv),
+        # Which parameters these numbers are of (checkpointing.params_digest); None for runs from before it.
+        "params_digest": record.get("refit_params_digest") if refit else selected.get("params_digest"),
         "commit": record["commits"][0],
         "commits": record["commits"],
         "config": config.to_dict(),  # every field, as resolved for this run (the table factors included)
@@ -79,6 +81,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
             "epoch": selected["epoch"],
             "test": selected["test"],
             "test_cold": selected["test_cold"],
+            "params_digest": selected.get("params_digest"),
         }
         # The select_record.json the refit started from, when no checkpoint held the select phase (it ran elsewhere).
         results["refit_from_record"] = record.get("refit_from_record")
@@ -97,19 +100,36 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         results["teacher_workdir"] = teacher.workdir
         results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)
         results["teacher_checkpoint"] = teacher.checkpoint
-        results["teachers"] = record.get("teachers", {})  # phase -> the teacher checkpoint and step it used
-        results["teacher_results"] = teacher_results(teacher.workdir, teacher.step)
+        results["teachers"] = record.get("teachers", {})  # phase -> the teacher checkpoint, step and digest it used
+        if refit:
+            results["refit_teacher_as_recorded"] = refit_teacher_as_recorded(record)
+        results["teacher_results"] = teacher_results(teacher.workdir, teacher.step, teacher.digest)
     return results
 
 
-def teacher_results(workdir: str, step: int) -> dict | None:
+def refit_teacher_as_recorded(record: dict) -> bool | None:
+    """Whether a student refit from a select record distilled from the teacher training its record names.
+
+    True: this refit's teacher has the parameters of the refit teacher named where the select
+    phase ran, so the selected epochs and the refit were paired with one training of the teacher
+    (a teacher's refit is deterministic on one CPU model). False: another training (another CPU
+    model, another commit). None: not refit from a record, or a record from before digests.
+    """
+    of_record, used = record.get("refit_teacher_of_record"), record.get("teachers", {}).get("refit")
+    if not (of_record and of_record.get("digest") and used):
+        return None
+    return of_record["digest"] == used["digest"]
+
+
+def teacher_results(workdir: str, step: int, digest: str = "") -> dict | None:
     """Which training of the teacher a student distilled from: its commits, wall time and test metrics.
 
     Why: a teacher trained again on another machine need not repeat its numbers, so students of one
     grid may distil from different trainings of one teacher run; the report pairs each student with
-    its own. `step` is the teacher model's step the student used last; `test` is that model's (the
-    refit model's, or the select-phase one's). A results.json of no model at that step belongs to
-    another training, and like a missing or unreadable one gives None.
+    its own. `step` and `digest` (checkpointing.params_digest) are those of the teacher model the
+    student used last; `test` is that model's (the refit model's, or the select-phase one's). A
+    results.json of no model at that step, or (where both sides have one) of another digest,
+    belongs to another training, and like a missing or unreadable one gives None.
     """
     path = os.path.join(workdir, "results.json")
     if not os.path.exists(path):
@@ -118,9 +138,10 @@ def teacher_results(workdir: str, step: int) -> dict | None:
         with open(path) as f:
             teacher = json.load(f)
         # The reported model, and with a refit also the select-phase one (what a select-only student distils from).
-        models = {teacher["selected_step"]: teacher["test"]}
+        models = {teacher["selected_step"]: (teacher.get("params_digest"), teacher["test"])}
         if teacher.get("select_phase"):
-            models.setdefault(teacher["select_phase"]["step"], teacher["select_phase"]["test"])
+            select = teacher["select_phase"]
+            models.setdefault(select["step"], (select.get("params_digest"), select["test"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         logging.warning("%s: not read (%r); the student's results name no teacher training", path, error)
         return None
@@ -129,4 +150,11 @@ def teacher_results(workdir: str, step: int) -> dict | None:
             "%s reports the teacher at steps %s, but the student used step %s; no teacher training named", path, sorted(models), step
         )
         return None
-    return {"commits": teacher.get("commits", [teacher.get("commit")]), "wall_s": teacher.get("wall_s"), "step": step, "test": models[step]}
+    reported_digest, test = models[step]
+    if digest and reported_digest and reported_digest != digest:
+        logging.warning(
+            "%s reports another training of the teacher (digest %s, the student's %s); none named", path, reported_digest, digest
+        )
+        return None
+    commits = teacher.get("commits", [teacher.get("commit")])
+    return {"commits": commits, "wall_s": teacher.get("wall_s"), "step": step, "params_digest": reported_digest, "test": test}

@@ -33,6 +33,7 @@ class TrainedModel:
     config: Any
     checkpoint: str = "best"  # the folder under checkpoints/ it came from
     refit: bool = False  # trained on train + valid (a refit run's shipped model)
+    digest: str = ""  # checkpointing.params_digest of `params`: which training this model is
 
 
 # The student's frozen teacher is a trained model restored from the teacher's workdir.
@@ -82,6 +83,7 @@ def load_trained(workdir: str, num_items: int, sharding=None, checkpoint: str = 
         config=config,
         checkpoint=checkpoint,
         refit=bool(meta.get("refit")),
+        digest=checkpointing.params_digest(restored["params"]),
     )
 
 

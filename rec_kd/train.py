@@ -56,8 +56,10 @@ def new_record() -> dict:
         "train_seconds": 0.0,
         "finished": False,
         "commits": [],  # the code version of every process that trained this run, in order
-        "teachers": {},  # students: phase -> the teacher checkpoint it distilled from ({'checkpoint', 'step'})
+        "teachers": {},  # students: phase -> the teacher model it distilled from ({'checkpoint', 'step', 'digest'})
+        "refit_params_digest": None,  # refit runs: checkpointing.params_digest of the refit model (best/ at the end)
         "refit_from_record": None,  # the select_record.json this run's refit started from, when no checkpoint held its select phase
+        "refit_teacher_of_record": None,  # from that record: the refit teacher named where the select phase ran
     }
 
 
@@ -315,6 +317,9 @@ def adopt_select_records(training: Training) -> None:
             raise ConfigError(f"{path}: missing, while {present[0]} is there; vmapped members refit together, each from its own record")
     for member, path, payload in zip(training.members, paths, payloads, strict=True):  # its recipe: check_resumed_recipe
         record = {**new_record(), **payload["record"], "refit_from_record": path}
+        # This machine's refit teacher is named afresh (use_phase_teacher); the recorded one says
+        # whether it is the same training as the one the select phase was paired with.
+        record["refit_teacher_of_record"] = record["teachers"].get("refit")
         record["teachers"] = {phase: used for phase, used in record["teachers"].items() if phase == "select"}
         member.record, member.resumed_from_step = record, int(record["step"])
     if len({member.record["step"] for member in training.members}) > 1:
@@ -423,7 +428,9 @@ def update_selection(record: dict, entry: dict, train_config, state, selected_ch
     """
     metric, min_delta = train_config.selection_metric, train_config.early_stop_min_delta
     if record["best"] is None or entry["valid"] is None or entry["valid"][metric] > record["best"]["valid"][metric] + min_delta:
-        record["best"], record["evals_since_best"] = entry, 0
+        record["best"], record["evals_since_best"] = dict(entry), 0
+        if selected_checkpoints:  # the trainer's: best/ (and select/); the digest names what they hold
+            record["best"]["params_digest"] = checkpointing.params_digest(state["params"]["model"])
         for checkpoints in selected_checkpoints:
             checkpointing.save(checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
     else:
@@ -482,15 +489,33 @@ def use_phase_teacher(training: Training) -> None:
     if teacher is None or teacher.checkpoint != wanted:
         teacher = runs.load_teacher(training.config, training.data, training.placement.replicated, phase)
         training.teacher, training.run.teacher_params = teacher, teacher.params
-    used = {"checkpoint": teacher.checkpoint, "step": teacher.step}
+    used = {"checkpoint": teacher.checkpoint, "step": teacher.step, "digest": teacher.digest}
     for member in training.members:
         started_with = member.record.setdefault("teachers", {}).get(phase)
-        if started_with is not None and started_with != used:
+        if started_with is not None and not same_teacher(started_with, used):
             raise ConfigError(
-                f"{training.config.teacher_workdir}/checkpoints/{teacher.checkpoint}: the teacher is at step {teacher.step}, "
+                f"{training.config.teacher_workdir}/checkpoints/{teacher.checkpoint}: the teacher is {used}, "
                 f"but this run's {phase} phase started with {started_with}; the teacher changed under a running student"
             )
         member.record["teachers"][phase] = used
+        of_record = member.record.get("refit_teacher_of_record") if phase == "refit" else None
+        if of_record and of_record.get("digest") not in (None, used["digest"]):
+            logging.warning(
+                "%s: refits from the teacher training here (%s), not the one named where its select phase ran (%s): "
+                "the refit pairs the selected epochs with another training of the teacher",
+                member.workdir,
+                used,
+                of_record,
+            )
+
+
+def same_teacher(started_with: dict, used: dict) -> bool:
+    """The same teacher model: checkpoint and step, and the parameters' digest where the run recorded one (since 2026-12-03)."""
+    return (started_with["checkpoint"], started_with["step"], started_with.get("digest", used["digest"])) == (
+        used["checkpoint"],
+        used["step"],
+        used["digest"],
+    )
 
 
 def start_refit(training: Training) -> None:
@@ -504,8 +529,8 @@ def start_refit(training: Training) -> None:
     training.state = training.run.init_state()
     for member in training.members:
         member.record.update(phase="refit", epoch=0, batch_in_epoch=0, select_done=False)
-    write_select_records(training)  # before the refit teacher is named: another machine's refit names its own
     use_phase_teacher(training)
+    write_select_records(training)  # with the refit teacher named: another machine's refit compares its own with it
 
 
 def end_epoch(training: Training) -> None:
@@ -535,6 +560,7 @@ def end_epoch(training: Training) -> None:
             # the validation-selected one).
             member_params = training.run.take_member(training.state, i)["params"]["model"]
             checkpointing.save(member.best, record["step"], {"params": member_params}, {"refit": True})
+            record["refit_params_digest"] = checkpointing.params_digest(member_params)
             record["finished"] = True
         elif stops[i] and config.train.refit_on_valid:
             record["select_done"] = True

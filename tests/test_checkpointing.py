@@ -1,7 +1,9 @@
 """Checkpoint save/restore and the fall-back past a damaged newest checkpoint."""
 
+import hashlib
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,3 +77,17 @@ def test_members_without_a_common_step_is_a_clear_error(tmp_path):
     checkpointing.save(managers[0], 3, make_state(3.0), {})
     with pytest.raises(checkpointing.CheckpointError, match=r"b \(steps \[\]\)"):
         checkpointing.restore_latest(managers, checkpointing.abstract_like(make_state(0.0)))
+
+
+def test_params_digest_names_the_values_and_their_places():
+    params = {"dense": {"bias": np.arange(3, dtype=np.float32), "kernel": np.ones((2, 3), np.float32)}}
+    # An independent reference: SHA-256 over each leaf's path, dtype, shape and bytes, leaves in key order.
+    reference = hashlib.sha256()
+    for path, leaf in (("['dense']['bias']", params["dense"]["bias"]), ("['dense']['kernel']", params["dense"]["kernel"])):
+        reference.update(f"{path}|<f4|{leaf.shape}|".encode() + leaf.tobytes())
+    assert checkpointing.params_digest(params) == reference.hexdigest()[:16]
+    assert checkpointing.params_digest(jax.tree.map(jnp.asarray, params)) == reference.hexdigest()[:16]  # device arrays alike
+    changed = {"dense": {**params["dense"], "bias": np.array([0, 1, 2.0001], np.float32)}}
+    assert checkpointing.params_digest(changed) != checkpointing.params_digest(params)
+    renamed = {"other": params["dense"]}
+    assert checkpointing.params_digest(renamed) != checkpointing.params_digest(params)

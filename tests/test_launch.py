@@ -142,6 +142,11 @@ def test_a_new_machine_refits_teacher_and_student_from_the_kept_select_records(s
         for metric, value in first["test"].items():
             assert again["test"][metric] == pytest.approx(value, abs=1e-5), (name, metric)
         assert again["refit_from_record"] == str(again_dir / result_copies.SELECT_RECORD)
+        # On one CPU model a refit repeats to the bit: the same parameters as the first machine's.
+        assert again["params_digest"] == first["params_digest"] and again["params_digest"]
+    # So the student's refit distilled from the teacher training its select phase was paired with, and says so.
+    student = json.loads((tmp_path / "runs" / "tmall" / "main_s0" / "results.json").read_text())
+    assert student["refit_teacher_as_recorded"] is True
     # A student that still selects here needs the select-phase teacher this machine never trained: named, nothing runs.
     seed1 = [arg for arg in command if not arg.startswith("--seeds=")] + ["--seeds=1"]
     refused = subprocess.run(seed1, cwd=REPO, capture_output=True, text=True, timeout=300)

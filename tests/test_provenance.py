@@ -54,14 +54,26 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
     }
     (tmp_path / "results.json").write_text(json.dumps(teacher))
     training = teacher_results(str(tmp_path), 44929)
-    assert training == {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "step": 44929, "test": test}
+    assert training == {"commits": ["da6fe52799", "19503ab6ba"], "wall_s": 3052.0, "step": 44929, "params_digest": None, "test": test}
     assert teacher_results(str(tmp_path), 15756)["test"] == select_test  # a select-only student's teacher
+    # Results written before digests name the training by its step alone, whatever the student's digest.
+    assert teacher_results(str(tmp_path), 44929, "00aa")["test"] == test
     assert teacher_label({"teacher_results": training}) == ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
     dirty = {**training, "commits": ["da6fe52799-dirty"]}
     assert teacher_label({"teacher_results": dirty}) == ", teacher trained at da6fe52-dirty (test HR@20 0.5202, MRR@20 0.2750)"
     assert teacher_label({"teacher_results": None}) == teacher_label({}) == ""  # teachers, and students kept before the field
+    paired = ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
+    assert teacher_label({"teacher_results": training, "refit_teacher_as_recorded": True}) == paired
+    assert teacher_label({"teacher_results": training, "refit_teacher_as_recorded": False}) == (
+        paired + "; epochs selected with another training of the teacher"
+    )
 
     assert teacher_results(str(tmp_path), 15000) is None  # results of another training than the one distilled from
+    digested = {**teacher, "params_digest": "77ee", "select_phase": {**teacher["select_phase"], "params_digest": "55cc"}}
+    (tmp_path / "results.json").write_text(json.dumps(digested))
+    assert teacher_results(str(tmp_path), 44929, "77ee")["params_digest"] == "77ee"
+    assert teacher_results(str(tmp_path), 15756, "55cc")["test"] == select_test
+    assert teacher_results(str(tmp_path), 44929, "55cc") is None  # same step, other parameters: another training
     old = {"commit": "1788740abc", "selected_step": 44929, "test": test}  # written before `commits`
     (tmp_path / "results.json").write_text(json.dumps(old))
     assert teacher_results(str(tmp_path), 44929)["commits"] == ["1788740abc"]

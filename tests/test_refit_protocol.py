@@ -8,10 +8,12 @@ from that one and its refit phase from the refit teacher (best/). In process, on
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -84,11 +86,20 @@ def test_a_refit_student_distils_from_the_select_teacher_then_the_refit_teacher(
     config = refit_config("student", teacher_workdir=str(member_dirs[0]))
     config.train.num_epochs = 2
     result = train.train_and_evaluate(config, str(tmp_path / "student"))
+    # Each phase names the teacher model by its parameters too: the digests the teacher reported for them.
     assert result["teachers"] == {
-        "select": {"checkpoint": "select", "step": teacher["select_phase"]["step"]},
-        "refit": {"checkpoint": "best", "step": teacher["selected_step"]},
+        "select": {"checkpoint": "select", "step": teacher["select_phase"]["step"], "digest": teacher["select_phase"]["params_digest"]},
+        "refit": {"checkpoint": "best", "step": teacher["selected_step"], "digest": teacher["params_digest"]},
     }
     assert (result["teacher_checkpoint"], result["teacher_step"]) == ("best", teacher["selected_step"])
+    assert result["teacher_results"]["params_digest"] == teacher["params_digest"]
+    assert result["refit_teacher_as_recorded"] is None  # refit here, not from a record
+    # The digests are of the saved models: what a reader of the checkpoints gets back.
+    shipped, selected = (runs.load_trained(str(member_dirs[0]), teacher["num_items"], checkpoint=c) for c in ("best", "select"))
+    assert (shipped.digest, selected.digest) == (teacher["params_digest"], teacher["select_phase"]["params_digest"])
+    assert shipped.digest != selected.digest
+    student = runs.load_trained(str(tmp_path / "student"), result["num_items"])
+    assert student.digest == result["params_digest"] != result["select_phase"]["params_digest"]
     # results.json records every resolved field, the suggested STTD factors included.
     assert result["config"]["train"]["refit_on_valid"] is True
     assert result["config"]["table"]["item_factors"] and result["config"]["teacher_workdir"] == str(member_dirs[0])
@@ -126,6 +137,18 @@ def test_a_resumed_student_refuses_a_teacher_that_changed_under_it(refit_teacher
     shutil.rmtree(teacher_dir / "checkpoints" / "select")
     shutil.copytree(member_dirs[1] / "checkpoints" / "select", teacher_dir / "checkpoints" / "select")
     with pytest.raises(defaults.ConfigError, match=r"the teacher changed under a running student"):
+        train.train_and_evaluate(config, str(tmp_path / "student"))
+    # Trained again to the same step with other values (here: the select model nudged and saved at
+    # its step): the step alone would pass, the digest tells the two trainings apart.
+    shutil.rmtree(teacher_dir / "checkpoints" / "select")
+    shutil.copytree(member_dirs[0] / "checkpoints" / "select", teacher_dir / "checkpoints" / "select")
+    train.train_and_evaluate(config, str(tmp_path / "student"))  # the teacher it started with: resumes
+    (tmp_path / "student" / "results.json").unlink()
+    selected = runs.load_trained(str(teacher_dir), read_results(member_dirs[0])["num_items"], checkpoint="select")
+    nudged = jax.tree.map(lambda x: x + 1e-3, selected.params)
+    manager = checkpointing.manager(str(teacher_dir / "checkpoints" / "select"), max_to_keep=1)
+    checkpointing.save(manager, selected.step, {"params": nudged}, {"valid": None})
+    with pytest.raises(defaults.ConfigError, match=r"'digest': '[0-9a-f]{16}'.*the teacher changed under a running student"):
         train.train_and_evaluate(config, str(tmp_path / "student"))
 
 
@@ -240,7 +263,7 @@ def test_vmapped_members_refit_from_their_select_records_alone_as_the_unbroken_r
     assert runs.load_trained(str(again_dirs[0]), read_results(again_dirs[0])["num_items"]).refit
 
 
-def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_select_model(refit_teachers, tmp_path):
+def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_select_model(refit_teachers, tmp_path, caplog):
     member_dirs, _ = refit_teachers
     config = refit_config("student", teacher_workdir=str(member_dirs[0]))
     config.train.num_epochs = 2
@@ -254,6 +277,20 @@ def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_se
     again = train.train_and_evaluate(config, str(again_dir))
     assert_same_refit(again_dir, tmp_path / "student")
     assert again["teachers"] == unbroken["teachers"] and again["commits"][0] == unbroken["commits"][0]
+    assert again["refit_teacher_as_recorded"] is True  # the refit teacher here has the recorded one's parameters
+    # Another training of the teacher here (its refit model nudged): the refit runs, and says so.
+    other_dir = tmp_path / "teacher_other_training"
+    shutil.copytree(teacher_dir, other_dir)
+    shipped = runs.load_trained(str(other_dir), unbroken["num_items"])
+    manager = checkpointing.manager(str(other_dir / "checkpoints" / "best"), max_to_keep=1)
+    checkpointing.save(manager, shipped.step, {"params": jax.tree.map(lambda x: x + 1e-3, shipped.params)}, {"refit": True})
+    config.teacher_workdir = str(other_dir)
+    with caplog.at_level(logging.WARNING):
+        other = train.train_and_evaluate(config, str(refit_elsewhere(tmp_path / "student", tmp_path / "other")))
+    assert other["refit_teacher_as_recorded"] is False
+    assert other["teachers"]["refit"]["digest"] != unbroken["teachers"]["refit"]["digest"]
+    assert "not the one named where its select phase ran" in caplog.text
+    config.teacher_workdir = str(teacher_dir)
     # Without its record the same workdir would start a select phase, which that teacher cannot serve.
     with pytest.raises(defaults.ConfigError, match=r"checkpoints/best: the teacher was refit on train \+ valid"):
         train.train_and_evaluate(config, str(tmp_path / "fresh"))

@@ -138,6 +138,26 @@ def test_a_run_trained_again_moves_the_earlier_trainings_copy_to_the_archive(tmp
     assert len(list((kept / "archive").glob("*.json"))) == 2
     assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["wall_s"] == 9.0
 
+    # Results that name their parameters: the same numbers and a digest beside a copy without one
+    # (kept before digests) is the same training; the same numbers of other parameters are not.
+    def with_digests(workdir: Path, digest: str) -> Path:
+        result = json.loads((workdir / "results.json").read_text())
+        result.update(params_digest=digest, select_phase={"test": {"hr@20": 0.47}, "params_digest": digest + "s"})
+        (workdir / "results.json").write_text(json.dumps(result))
+        return workdir
+
+    kept_copy = json.loads((kept / "retailrocket_teacher_s0.json").read_text())
+    (kept / "retailrocket_teacher_s0.json").write_text(json.dumps({**kept_copy, "select_phase": {"test": {"hr@20": 0.47}}}))
+    result_copies.keep(
+        str(with_digests(finished_run(tmp_path / "e" / "retailrocket" / "teacher_s0", "retailrocket", 0.5199), "aa")), str(kept)
+    )
+    assert len(list((kept / "archive").glob("*.json"))) == 2
+    result_copies.keep(
+        str(with_digests(finished_run(tmp_path / "f" / "retailrocket" / "teacher_s0", "retailrocket", 0.5199), "bb")), str(kept)
+    )
+    assert len(list((kept / "archive").glob("*.json"))) == 3
+    assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["params_digest"] == "bb"
+
 
 def test_two_machines_keeping_their_own_trainings_in_turn_archive_each_training_once(tmp_path):
     kept = tmp_path / "results"
