@@ -49,8 +49,10 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
         "commits": teacher["commits"],
         "wall_s": teacher["wall_s"],
         "step": teacher["selected_step"],
+        "params_digest": teacher["params_digest"],
         "test": teacher["test"],
     }
+    assert main["teachers"]["refit"]["digest"] == teacher["params_digest"]  # the refit teacher, named by its parameters
     # --keep_results_in copied each run as it finished (rec_kd/result_copies.py).
     kept = sorted(path.name for path in (root.parent / "kept").iterdir() if path.is_file())
     assert kept == sorted([f"tmall_{r}.json" for r in run_names] + [f"tmall_{r}.evals.jsonl" for r in run_names])
