@@ -39,6 +39,8 @@ def params_digest(params: Any) -> str:
     digest = hashlib.sha256()
     for path, leaf in jax.tree.flatten_with_path(params)[0]:
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.sharding.is_fully_replicated:
+                raise ValueError(f"params_digest: {jax.tree_util.keystr(path)} is sharded; a digest needs replicated parameters")
             leaf = leaf.addressable_shards[0].data
         array = np.ascontiguousarray(np.asarray(leaf))
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
