@@ -254,12 +254,11 @@ def teacher_label(result: dict) -> str:
     and a teacher trained again on another machine need not repeat its numbers; each student names
     the training it used (rec_kd/results.py).
     """
-    teacher = result.get("teacher_results")
-    if not teacher:
-        return ""
-    test = teacher["test"]
-    commit = result_copies.short_commit(teacher["commits"][0] if teacher.get("commits") else None)
-    label = f", teacher trained at {commit} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
+    teacher, label = result.get("teacher_results"), ""
+    if teacher:
+        test = teacher["test"]
+        commit = result_copies.short_commit(teacher["commits"][0] if teacher.get("commits") else None)
+        label = f", teacher trained at {commit} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
     if result.get("refit_teacher_as_recorded") is False:  # refit from a select record, by another teacher training
         label += "; epochs selected with another training of the teacher"
     return label

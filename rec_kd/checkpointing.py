@@ -34,7 +34,9 @@ def params_digest(params: Any) -> str:
     trained again (another machine, another CPU model) saves at the same steps with other values.
     The digest tells them apart, so a student can prove which teacher training it distilled from.
     Leaves must be replicated (a model's parameters are, in every run): each process hashes its
-    own full copy, so every process gets the same digest.
+    own full copy, so every process gets the same digest. The paths are jax.tree_util.keystr's:
+    a JAX or Flax upgrade that renamed them would change every digest (a student resumed across it
+    would be refused its teacher).
     """
     digest = hashlib.sha256()
     for path, leaf in jax.tree.flatten_with_path(params)[0]:
@@ -43,7 +45,7 @@ def params_digest(params: Any) -> str:
                 raise ValueError(f"params_digest: {jax.tree_util.keystr(path)} is sharded; a digest needs replicated parameters")
             leaf = leaf.addressable_shards[0].data
         array = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.name}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()[:16]
 

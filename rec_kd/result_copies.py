@@ -72,15 +72,19 @@ def short_commit(commit: str | None) -> str:
 def same_numbers(a: dict, b: dict) -> bool:
     """Whether two results hold the same measurements (the same training, or a bit-identical one).
 
-    Where both name their parameters (`params_digest`, since 2026-12-03) those must match too; a
-    copy from before digests is compared by its numbers alone.
+    Where both name their parameters (`params_digest`, and the select phase's, since 2026-12-03)
+    those must match too; a copy from before digests is compared by its numbers alone.
     """
 
     def measured(result: dict, field: str):
         value = result.get(field)
         return {k: v for k, v in value.items() if k != "params_digest"} if isinstance(value, dict) else value
 
-    if a.get("params_digest") and b.get("params_digest") and a["params_digest"] != b["params_digest"]:
+    def digests(result: dict) -> tuple:
+        select = result.get("select_phase")
+        return result.get("params_digest"), select.get("params_digest") if isinstance(select, dict) else None
+
+    if any(x and y and x != y for x, y in zip(digests(a), digests(b), strict=True)):
         return False
     return all(measured(a, field) == measured(b, field) for field in MEASURED_FIELDS)
 

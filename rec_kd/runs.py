@@ -151,7 +151,7 @@ def teacher_item_table(config, data: data_lib.SessionData, sharding=None) -> np.
 
 
 # Fields left out of a run's recipe. Where it reads and writes (`data_dir`; `teacher_workdir`, as
-# roots move: the trainer checks the teacher's checkpoint and step itself, use_phase_teacher), how
+# roots move: the trainer checks the teacher's checkpoint, step and digest itself, use_phase_teacher), how
 # often it logs and saves, how it spreads over processes, how many examples one evaluation batch
 # holds: none changes its numbers. `data.path` is in `dataset` (absolute). The table is compared
 # by `table_recipe`, not field by field.
@@ -189,7 +189,7 @@ def table_recipe(config: ml_collections.ConfigDict) -> dict:
     then the sizes are explicit and the fields they were chosen from (budget, target_compression)
     add nothing. `row_order` and `row_order_seed` are the effective ones ('id' and None also for
     kinds that have no row order). A clustered order's map (table.item_rows) is not compared: it
-    follows from the seed and the teacher, whose checkpoint and step the trainer checks itself.
+    follows from the seed and the teacher, whose checkpoint, step and digest the trainer checks itself.
     """
     kind = table_kind(config)
     fields = {"table.kind": kind}
@@ -236,7 +236,7 @@ def has_trained(workdir: str) -> bool:
 
 
 # A refit run's state as its refit starts: the run record (the select phase's history, the epochs it
-# selected, the select-phase teacher) and the resolved config, as JSON. The refit trains fresh
+# selected, the teachers of both phases, with their digests) and the resolved config, as JSON. The refit trains fresh
 # parameters, so nothing else is needed: a process on another machine, without the checkpoints,
 # refits from this file alone (train.adopt_select_records), and a grid keeps it in the repository.
 SELECT_RECORD = result_copies.SELECT_RECORD

@@ -497,15 +497,15 @@ def use_phase_teacher(training: Training) -> None:
                 f"{training.config.teacher_workdir}/checkpoints/{teacher.checkpoint}: the teacher is {used}, "
                 f"but this run's {phase} phase started with {started_with}; the teacher changed under a running student"
             )
-        member.record["teachers"][phase] = used
-        of_record = member.record.get("refit_teacher_of_record") if phase == "refit" else None
-        if of_record and of_record.get("digest") not in (None, used["digest"]):
+        # A phase started before digests keeps its entry without one: its earlier steps' teacher was never digested.
+        member.record["teachers"][phase] = used if started_with is None or "digest" in started_with else started_with
+        if phase == "refit" and results.refit_teacher_as_recorded(member.record) is False:
             logging.warning(
                 "%s: refits from the teacher training here (%s), not the one named where its select phase ran (%s): "
                 "the refit pairs the selected epochs with another training of the teacher",
                 member.workdir,
                 used,
-                of_record,
+                member.record["refit_teacher_of_record"],
             )
 
 
@@ -529,8 +529,9 @@ def start_refit(training: Training) -> None:
     training.state = training.run.init_state()
     for member in training.members:
         member.record.update(phase="refit", epoch=0, batch_in_epoch=0, select_done=False)
+    write_select_records(training)  # the selection is kept even if the refit teacher cannot be loaded yet
     use_phase_teacher(training)
-    write_select_records(training)  # with the refit teacher named: another machine's refit compares its own with it
+    write_select_records(training)  # again with the refit teacher named: another machine's refit compares its own with it
 
 
 def end_epoch(training: Training) -> None:

@@ -84,7 +84,7 @@ def test_params_digest_names_the_values_and_their_places():
     # An independent reference: SHA-256 over each leaf's path, dtype, shape and bytes, leaves in key order.
     reference = hashlib.sha256()
     for path, leaf in (("['dense']['bias']", params["dense"]["bias"]), ("['dense']['kernel']", params["dense"]["kernel"])):
-        reference.update(f"{path}|<f4|{leaf.shape}|".encode() + leaf.tobytes())
+        reference.update(f"{path}|float32|{leaf.shape}|".encode() + leaf.tobytes())
     assert checkpointing.params_digest(params) == reference.hexdigest()[:16]
     assert checkpointing.params_digest(jax.tree.map(jnp.asarray, params)) == reference.hexdigest()[:16]  # device arrays alike
     changed = {"dense": {**params["dense"], "bias": np.array([0, 1, 2.0001], np.float32)}}

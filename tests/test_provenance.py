@@ -67,6 +67,7 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
     assert teacher_label({"teacher_results": training, "refit_teacher_as_recorded": False}) == (
         paired + "; epochs selected with another training of the teacher"
     )
+    assert teacher_label({"refit_teacher_as_recorded": False}) == "; epochs selected with another training of the teacher"
 
     assert teacher_results(str(tmp_path), 15000) is None  # results of another training than the one distilled from
     digested = {**teacher, "params_digest": "77ee", "select_phase": {**teacher["select_phase"], "params_digest": "55cc"}}
@@ -79,3 +80,27 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
     assert teacher_results(str(tmp_path), 44929)["commits"] == ["1788740abc"]
     (tmp_path / "results.json").write_text('{"selected_step": 449')  # half written
     assert teacher_results(str(tmp_path), 44929) is None
+
+
+def test_a_teacher_is_the_same_by_checkpoint_step_and_digest_where_recorded():
+    from rec_kd.train import same_teacher
+
+    used = {"checkpoint": "select", "step": 8712, "digest": "aa"}
+    assert same_teacher(dict(used), used)
+    assert not same_teacher({**used, "digest": "bb"}, used)  # trained again to the same step
+    assert not same_teacher({**used, "step": 8713}, used)
+    assert same_teacher({"checkpoint": "select", "step": 8712}, used)  # a phase started before digests
+
+
+def test_a_refit_from_a_record_says_whether_its_teacher_is_the_recorded_training():
+    from rec_kd.results import refit_teacher_as_recorded
+
+    here = {"checkpoint": "best", "step": 27969, "digest": "aa"}
+    assert refit_teacher_as_recorded({"refit_teacher_of_record": dict(here), "teachers": {"refit": here}}) is True
+    assert refit_teacher_as_recorded({"refit_teacher_of_record": {**here, "digest": "bb"}, "teachers": {"refit": here}}) is False
+    # Refit here (no record), from a record of before digests, or from one that names no refit teacher: unknown.
+    assert refit_teacher_as_recorded({"refit_teacher_of_record": None, "teachers": {"refit": here}}) is None
+    assert (
+        refit_teacher_as_recorded({"refit_teacher_of_record": {"checkpoint": "best", "step": 27969}, "teachers": {"refit": here}}) is None
+    )
+    assert refit_teacher_as_recorded({"teachers": {"refit": here}}) is None  # a record from before the field

@@ -157,6 +157,12 @@ def test_a_run_trained_again_moves_the_earlier_trainings_copy_to_the_archive(tmp
     )
     assert len(list((kept / "archive").glob("*.json"))) == 3
     assert json.loads((kept / "retailrocket_teacher_s0.json").read_text())["params_digest"] == "bb"
+    other_select = with_digests(finished_run(tmp_path / "g" / "retailrocket" / "teacher_s0", "retailrocket", 0.5199), "bb")
+    result = json.loads((other_select / "results.json").read_text())
+    result["select_phase"]["params_digest"] = "zz"  # the same refit model's digest, another select-phase model
+    (other_select / "results.json").write_text(json.dumps(result))
+    result_copies.keep(str(other_select), str(kept))
+    assert len(list((kept / "archive").glob("*.json"))) == 4
 
 
 def test_two_machines_keeping_their_own_trainings_in_turn_archive_each_training_once(tmp_path):
