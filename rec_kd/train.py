@@ -529,9 +529,12 @@ def start_refit(training: Training) -> None:
     training.state = training.run.init_state()
     for member in training.members:
         member.record.update(phase="refit", epoch=0, batch_in_epoch=0, select_done=False)
-    write_select_records(training)  # the selection is kept even if the refit teacher cannot be loaded yet
-    use_phase_teacher(training)
-    write_select_records(training)  # again with the refit teacher named: another machine's refit compares its own with it
+    # The record is written once: with the refit teacher named (another machine's refit compares its
+    # own with it), or without it if that teacher cannot be loaded yet, so the selection is kept.
+    try:
+        use_phase_teacher(training)
+    finally:
+        write_select_records(training)
 
 
 def end_epoch(training: Training) -> None:
