@@ -257,8 +257,10 @@ def teacher_label(result: dict) -> str:
     teacher, label = result.get("teacher_results"), ""
     if teacher:
         test = teacher["test"]
-        commit = result_copies.short_commit(teacher["commits"][0] if teacher.get("commits") else None)
-        label = f", teacher trained at {commit} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
+        commits = [result_copies.short_commit(commit) for commit in teacher.get("commits") or [None]]
+        # Later commits: resumes, or a refit from the teacher's select record (its select phase ran at the first).
+        later = f", continued at {', '.join(commits[1:])}" if len(commits) > 1 else ""
+        label = f", teacher trained at {commits[0]}{later} (test HR@20 {test['hr@20']:.4f}, MRR@20 {test['mrr@20']:.4f})"
     if result.get("refit_teacher_as_recorded") is False:  # refit from a select record, by another teacher training
         label += "; epochs selected with another training of the teacher"
     return label
@@ -268,10 +270,16 @@ def commit_label(result: dict) -> str:
     """The commit a run started at, and the ones it was resumed at: 'abc... (resumed at def1234-dirty)'.
 
     A resume at uncommitted code keeps its -dirty mark (result_copies.short_commit): the label is
-    how a reader tells which resumes ran code nobody can check out.
+    how a reader tells which resumes ran code nobody can check out. A run refit from a kept select
+    record (its select phase ran on another machine) says so: its later commits are not resumes of
+    one process's checkpoints but a new training that reuses only the selected epoch counts.
     """
     resumed = [result_copies.short_commit(commit) for commit in result.get("commits", [])[1:]]
-    return result["commit"] + (f" (resumed at {', '.join(resumed)})" if resumed else "")
+    if not resumed:
+        return result["commit"]
+    if result.get("refit_from_record"):  # the first commits are the select phase's, on the machine that selected
+        return result["commit"] + f" (continued at {', '.join(resumed)}: refit from its select record)"
+    return result["commit"] + f" (resumed at {', '.join(resumed)})"
 
 
 def main(argv):

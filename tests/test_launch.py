@@ -238,6 +238,8 @@ def test_report_names_the_commits_a_run_was_resumed_at():
     assert report.commit_label({"commit": "d" * 40}) == "d" * 40  # results from before `commits`
     dirty_resume = {"commit": "a" * 40, "commits": ["a" * 40, "e" * 40 + "-dirty"]}
     assert report.commit_label(dirty_resume) == "a" * 40 + " (resumed at eeeeeee-dirty)"
+    from_record = {**resumed, "refit_from_record": "/runs/x/select_record.json"}
+    assert report.commit_label(from_record) == "a" * 40 + " (continued at bbbbbbb, ccccccc: refit from its select record)"
 
 
 def test_report_reads_kept_copies_of_runs_its_root_does_not_hold(tmp_path):

@@ -58,11 +58,11 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
     assert teacher_results(str(tmp_path), 15756)["test"] == select_test  # a select-only student's teacher
     # Results written before digests name the training by its step alone, whatever the student's digest.
     assert teacher_results(str(tmp_path), 44929, "00aa")["test"] == test
-    assert teacher_label({"teacher_results": training}) == ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
+    paired = ", teacher trained at da6fe52, continued at 19503ab (test HR@20 0.5202, MRR@20 0.2750)"
+    assert teacher_label({"teacher_results": training}) == paired
     dirty = {**training, "commits": ["da6fe52799-dirty"]}
     assert teacher_label({"teacher_results": dirty}) == ", teacher trained at da6fe52-dirty (test HR@20 0.5202, MRR@20 0.2750)"
     assert teacher_label({"teacher_results": None}) == teacher_label({}) == ""  # teachers, and students kept before the field
-    paired = ", teacher trained at da6fe52 (test HR@20 0.5202, MRR@20 0.2750)"
     assert teacher_label({"teacher_results": training, "refit_teacher_as_recorded": True}) == paired
     assert teacher_label({"teacher_results": training, "refit_teacher_as_recorded": False}) == (
         paired + "; epochs selected with another training of the teacher"
