@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from launch import compare_tables, report
@@ -261,6 +262,51 @@ def test_report_reads_kept_copies_of_runs_its_root_does_not_hold(tmp_path):
     assert [(r["_run"], r["test"]["hr@20"]) for r in runs] == [("main_s0", 0.31), ("main_s1", 0.30)]
     assert report.valid_curve(report.evals_path(runs[1])) == ([1], [0.35])
     assert [r["_run"] for r in report.load_runs(str(root))] == ["main_s0"]  # --nokeep: the root alone
+
+
+def test_report_tables_the_refit_runs_select_phase_models_apart():
+    """Each refit run's select_phase test scores, mean ± std over seeds, in a table of their own; a run without them stays out."""
+    metric_names = report.METRICS
+
+    def run(name, variant, compression, seed, refit_hr, select_hr, select=True):
+        scores = lambda hr: {m: hr + 0.001 * i for i, m in enumerate(metric_names)}  # noqa: E731
+        result = {
+            "_run": name,
+            "dataset": "tmall",
+            "variant": variant,
+            "seed": seed,
+            "embedding_compression": compression,
+            "protocol": "refit on train+valid for the epochs selected on valid",
+            "model_compression": compression,
+            "params": {"inference_total": 1000},
+            "bytes": {"params_fp32": 4000},
+            "test": scores(refit_hr),
+            "test_cold": scores(refit_hr - 0.05),
+        }
+        if select:
+            result["select_phase"] = {"epoch": 3, "step": 30, "test": scores(select_hr), "test_cold": scores(select_hr - 0.02)}
+        return result
+
+    runs_ = [
+        run("teacher_s0", "teacher", None, 0, 0.345, 0.276),
+        run("main_s0", "full", 27.3, 0, 0.311, 0.295),
+        run("main_s1", "full", 27.3, 1, 0.310, 0.291),
+        run("kd_s0", "kd", 27.3, 0, 0.310, 0.290, select=False),  # a results.json from before select_phase
+    ]
+    rows = report.grouped(runs_)["tmall"]
+    assert sorted(report.select_phase_rows(rows)) == [("full", "27.3x", "refit"), ("teacher", "1x", "refit")]
+    header, _, teacher_line, student_line = report.metrics_table(
+        report.select_phase_rows(rows), lambda r: r["select_phase"]["test"], lambda r: r["select_phase"]["test_cold"], "select phase"
+    )
+    cells = [cell.strip() for cell in student_line.strip("|").split("|")]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert cells[:4] == ["full", "27.3x", "select phase", "2"]
+    hr20 = np.array([0.295, 0.291]) + 0.001 * metric_names.index("hr@20")
+    assert cells[columns.index("hr@20")] == f"{hr20.mean():.4f} ± {hr20.std(ddof=1):.4f}"  # 0.2930 ± 0.0028 (plus the offset)
+    assert cells[columns.index("cold hr@20")] == f"{(hr20 - 0.02).mean():.4f} ± {(hr20 - 0.02).std(ddof=1):.4f}"
+    teacher_cells = [cell.strip() for cell in teacher_line.strip("|").split("|")]
+    assert teacher_cells[:4] == ["teacher", "1x", "select phase", "1"]
+    assert teacher_cells[columns.index("hr@20")] == f"{0.276 + 0.001 * metric_names.index('hr@20'):.4f}"
 
 
 def test_a_report_row_refuses_runs_of_two_recipes():
