@@ -2,12 +2,16 @@
 
   python -m launch.bench --data_dir=../shared/data [--stages=teacher,student] [--batch_sizes=100,256,1024]
   python -m launch.bench --data_dir=../shared/data --batch_sizes=100 --members=1,8 --eval=false   # vmapped seeds
+  python -m launch.bench --data_dir=../shared/data --stages=student --variants=full,kd_cl,kd,ce --batch_sizes=100 --eval=false
 
 Training: examples/s of the real jitted train step (optimizer included, fp32), over batches drawn
 from Tmall's training split in the trainer's own order (so the real length mix and buckets), with
 compilation excluded: every bucket's step is compiled and run once before the clock starts. The
 student runs the full objective (teacher forward, student forward, rec + KD + contrastive +
-predictive) against a randomly initialised teacher, which costs the same as a trained one.
+predictive) against a randomly initialised teacher, which costs the same as a trained one;
+--variants times the objective ablations too (rec_kd.defaults.VARIANTS: `kd` leaves out the
+contrastive and predictive losses and their heads, `ce` the teacher as well), each row naming its
+variant, so what a loss costs is a ratio measured in one process.
 With --members=1,8, each (stage, batch size) is also timed as N members (seeds 0..N-1) trained by
 one vmapped step (rec_kd.members.build_run, the program of rec_kd.train.train_members): `model_examples_per_s` counts every
 member's examples, and `speedup_vs_sequential` divides it by the one-member rate, i.e. N models
@@ -49,6 +53,7 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["100", "256", "1024"], "Global 
 _MEMBERS = flags.DEFINE_list("members", ["1"], "Member counts to time (vmapped seeds); 1 = a single model.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed training seconds per (stage, batch size), at least.")
 _FLOOR_CALLS = flags.DEFINE_integer("floor_calls", 30, "Timed calls of each floor program (after one to compile).")
+_VARIANTS = flags.DEFINE_list("variants", ["full"], "Student variants to time (rec_kd.defaults.VARIANTS), e.g. full,kd,ce.")
 _EVAL = flags.DEFINE_bool("eval", True, "Also time full-ranking evaluation of the test split.")
 
 
@@ -59,8 +64,8 @@ def random_teacher(config, data, placement) -> runs.Teacher:
     return runs.Teacher(model=model, params=params, step=0, workdir="(random init)", config=teacher_config)
 
 
-def time_training(stage: str, batch_size: int, data, placement, num_members: int = 1) -> dict:
-    config = defaults.get_config(data.name, stage)
+def time_training(stage: str, batch_size: int, data, placement, num_members: int = 1, variant: str = "full") -> dict:
+    config = defaults.get_config(data.name, f"student,{variant}" if stage == "student" else stage)
     config.train.batch_size = batch_size
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     batches = data_lib.train_batches(data.train, batch_size, data_seed=0, epoch=0, buckets=buckets)
@@ -94,6 +99,7 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
     step_ms, step_cpu_ms = 1000 * seconds / index, 1000 * cpu_seconds / index
     return {
         "stage": stage,
+        "variant": config.variant,
         "batch_size": batch_size,
         "members": num_members,
         "model_examples_per_s": num_members * examples / seconds,
@@ -114,8 +120,12 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
     }
 
 
-def floor_loss(stage: str, kd_temperature: float):
-    """The catalogue work of a stage's objective alone: loss(trained, frozen, batch) (see the module doc)."""
+def floor_loss(stage: str, distill_config):
+    """The catalogue work of a stage's objective alone: loss(trained, frozen, batch) (see the module doc).
+
+    A student's floor has the catalogue terms its variant computes: the KD and predictive losses
+    only where their weights are not zero (as rec_kd.losses.objective_terms leaves them out).
+    """
 
     def teacher_floor(trained, frozen, batch):
         return losses.rec_loss({"scores": trained["session"] @ trained["table"].T}, batch)[0]
@@ -132,9 +142,12 @@ def floor_loss(stage: str, kd_temperature: float):
             "pred_teacher": trained["pred_teacher"],
             "eligible": batch["weights"] > 0,
         }
-        rec = losses.rec_loss(outputs, batch)[0]
-        kd = losses.kd_loss(outputs, batch, temperature=kd_temperature)[0]
-        return rec + kd + losses.predictive_loss(outputs, batch)[0]
+        total = losses.rec_loss(outputs, batch)[0]
+        if distill_config.kd_weight:
+            total += losses.kd_loss(outputs, batch, temperature=distill_config.kd_temperature)[0]
+        if distill_config.pred_weight:
+            total += losses.predictive_loss(outputs, batch)[0]
+        return total
 
     return teacher_floor if stage == "teacher" else student_floor
 
@@ -150,7 +163,7 @@ def time_floor_fn(stage: str, config, batch_size: int, num_rows: int):
             pred_student=jax.random.normal(keys[4], (batch_size, dim)), pred_teacher=jax.random.normal(keys[5], (batch_size, dim))
         )
     batch = {"targets": jnp.arange(batch_size, dtype=jnp.int32) % num_rows + 1, "weights": jnp.ones((batch_size,))}
-    grad_fn = jax.jit(jax.grad(floor_loss(stage, config.distill.kd_temperature)))
+    grad_fn = jax.jit(jax.grad(floor_loss(stage, config.distill)))
     return lambda: grad_fn(trained, frozen, batch)
 
 
@@ -220,20 +233,22 @@ def main(argv):
         "num_items": data.num_items,
         "training": [],
     }
-    for stage in _STAGES.value:
+    timed = [(stage, variant) for stage in _STAGES.value for variant in (_VARIANTS.value if stage == "student" else ["teacher"])]
+    for stage, variant in timed:
         for batch_size in (int(size) for size in _BATCH_SIZES.value):
-            rows = [time_training(stage, batch_size, data, placement, int(n)) for n in _MEMBERS.value]
+            rows = [time_training(stage, batch_size, data, placement, int(n), variant) for n in _MEMBERS.value]
             single = next((row for row in rows if row["members"] == 1), None)
             for row in rows:
                 if single is not None:
                     row["speedup_vs_sequential"] = row["model_examples_per_s"] / single["model_examples_per_s"]
             report["training"].extend(rows)
-    for stage in _STAGES.value:
-        rows = [row for row in report["training"] if row["stage"] == stage and row["members"] == 1]
+    for stage, variant in timed:
+        rows = [row for row in report["training"] if row["variant"] == variant and row["members"] == 1]
         if not rows:
             continue
         best = max(rows, key=lambda row: row["examples_per_s"])
-        report[f"{stage}_best"] = {"batch_size": best["batch_size"], "examples_per_s": best["examples_per_s"]}
+        name = stage if variant in ("teacher", "full") else f"{stage}_{variant}"  # student_best: the full objective, as before
+        report[f"{name}_best"] = {"batch_size": best["batch_size"], "examples_per_s": best["examples_per_s"]}
     if _EVAL.value:
         report["evaluation"] = time_evaluation(data, placement)
     report["memory"] = peak_memory()

@@ -8,7 +8,6 @@ import json
 import logging as std_logging
 import math
 import os
-import time
 
 import numpy as np
 import tqdm
@@ -34,7 +33,6 @@ class MetricWriter:
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
-        self._last_log = time.time()
         if enabled:
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -42,7 +40,6 @@ class MetricWriter:
 
     def progress(self, total: int, initial: int, desc: str):
         self._progress = tqdm.tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=not self.enabled, leave=False)
-        self._last_log = time.time()
         return self._progress
 
     def _write(self, record: dict, step: int, prefix: str) -> None:
@@ -55,8 +52,12 @@ class MetricWriter:
                 tag = name if "/" in name else f"{prefix}/{name}"
                 self._tensorboard.add_scalar(tag.replace("@", "_at_"), value, step)  # TensorBoard tags allow no '@'.
 
-    def log_train(self, step: int, epoch: int, fetched: list[dict], examples: int, record: dict) -> None:
-        """Adds fetched per-step metrics (host values) to the epoch's loss sums and writes their mean."""
+    def log_train(self, step: int, epoch: int, fetched: list[dict], examples: int, seconds: float, record: dict) -> None:
+        """Adds fetched per-step metrics (host values) to the epoch's loss sums and writes their mean.
+
+        `seconds` is the training time of these steps (dispatch to fetched), so the interval's
+        examples per second and the run's totals (results.json) are one measurement.
+        """
         means = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
         if not all(math.isfinite(value) for value in means.values()):
             raise FloatingPointError(f"non-finite training metrics at step {step}: {means}")
@@ -66,9 +67,8 @@ class MetricWriter:
                 sums[name] = sums.get(name, 0.0) + float(value)
         record["epoch_loss_steps"] += len(fetched)
         record["train_examples"] += examples
-        now = time.time()
-        examples_per_s = examples / max(now - self._last_log, 1e-9)
-        self._last_log = now
+        record["train_seconds"] += seconds
+        examples_per_s = examples / max(seconds, 1e-9)
         self._write({"step": step, "epoch": epoch, "split": "train", **means, "train/examples_per_s": examples_per_s}, step, "train")
         if self._progress is not None:
             self._progress.set_postfix(loss=f"{means['loss/total']:.4f}", ex_s=f"{examples_per_s:,.0f}")
@@ -87,7 +87,6 @@ class MetricWriter:
             entry["test"]["hr@20"],
             entry["test"]["mrr@20"],
         )
-        self._last_log = time.time()
 
     def close(self) -> None:
         if self._progress is not None:
