@@ -123,8 +123,9 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
 def floor_loss(stage: str, distill_config):
     """The catalogue work of a stage's objective alone: loss(trained, frozen, batch) (see the module doc).
 
-    A student's floor has the catalogue terms its variant computes: the KD and predictive losses
-    only where their weights are not zero (as rec_kd.losses.objective_terms leaves them out).
+    A student's floor has the catalogue terms its variant computes (rec_kd.losses.objective_terms,
+    which leaves out a term whose weight is zero), summed unweighted; the contrastive term works
+    within the batch, not over the catalogue, so it is not part of the floor.
     """
 
     def teacher_floor(trained, frozen, batch):
@@ -142,12 +143,8 @@ def floor_loss(stage: str, distill_config):
             "pred_teacher": trained["pred_teacher"],
             "eligible": batch["weights"] > 0,
         }
-        total = losses.rec_loss(outputs, batch)[0]
-        if distill_config.kd_weight:
-            total += losses.kd_loss(outputs, batch, temperature=distill_config.kd_temperature)[0]
-        if distill_config.pred_weight:
-            total += losses.predictive_loss(outputs, batch)[0]
-        return total
+        catalogue_terms = [loss_fn for name, _, loss_fn in losses.objective_terms(distill_config) if name != "cl"]
+        return sum(loss_fn(outputs, batch)[0] for loss_fn in catalogue_terms)
 
     return teacher_floor if stage == "teacher" else student_floor
 
