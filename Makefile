@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (main job on MovieLens-100k) and `make test`.
 # Both create or reuse .venv; the stamp file reinstalls when the pins change.
-# `make web` serves the demo's student in a web page (rec_kd/web.py); `make web-deps` installs the
+# `make web` serves the demo's student in a web page (rec_kd/serve/web.py); `make web-deps` installs the
 # page's runtime, the npm package onnxruntime-web pinned in package.json / package-lock.json.
 PYTHON ?= python3
 VENV := .venv
@@ -41,7 +41,7 @@ $(ORT_WEB): package.json package-lock.json
 # Trains the demo (teacher -> student) first only when its student has not finished.
 web: $(STAMP) $(ORT_WEB)
 	test -f $(DEMO_DIR)/student/results.json || $(PY) -m launch.demo --workdir=$(DEMO_DIR)
-	$(PY) -m rec_kd.web --workdir=$(DEMO_DIR)/student --out=$(WEB_DIR) --serve --port=$(WEB_PORT)
+	$(PY) -m rec_kd.serve.web --workdir=$(DEMO_DIR)/student --out=$(WEB_DIR) --serve --port=$(WEB_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jax_cache node_modules

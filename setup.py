@@ -9,7 +9,7 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "numpy>=2.0",
-    "scipy>=1.11",  # also jax's own; rec_kd.row_order.clustered_rows matches items to slots with it
+    "scipy>=1.11",  # also jax's own; rec_kd.compress.row_order.clustered_rows matches items to slots with it
     "absl-py>=2.1",
     "ml-collections>=1.0",
     "tensorboardX>=2.6",
@@ -23,8 +23,8 @@ setuptools.setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["rec_kd", "rec_kd.*"]),
-    # The web page's templates (rec_kd/web.py copies them into the page's folder).
-    package_data={"rec_kd": ["web_static/*.html", "web_static/*.js"]},
+    # The web page's templates (rec_kd/serve/web.py copies them into the page's folder).
+    package_data={"rec_kd.serve": ["web_static/*.html", "web_static/*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8"],

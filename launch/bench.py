@@ -13,7 +13,7 @@ predictive) against a randomly initialised teacher, which costs the same as a tr
 contrastive and predictive losses and their heads, `ce` the teacher as well), each row naming its
 variant, so what a loss costs is a ratio measured in one process.
 With --members=1,8, each (stage, batch size) is also timed as N members (seeds 0..N-1) trained by
-one vmapped step (rec_kd.members.build_run, the program of rec_kd.train.train_members): `model_examples_per_s` counts every
+one vmapped step (rec_kd.train.members.build_run, the program of rec_kd.train.loop.train_members): `model_examples_per_s` counts every
 member's examples, and `speedup_vs_sequential` divides it by the one-member rate, i.e. N models
 vmapped against the same N trained one after another.
 Floor: each training row also times, in the same process right after the step, the catalogue work
@@ -42,9 +42,11 @@ import numpy as np
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import defaults, evaluation, host_memory, losses, members, runs
+from rec_kd import defaults, evaluation
+from rec_kd.experiments import runs
 from rec_kd.models import build_model, init_model_params
-from rec_kd.sharding import Placement
+from rec_kd.train import host_memory, losses, members
+from rec_kd.train.sharding import Placement
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding tmall/.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "Dataset whose shapes are benchmarked.")
@@ -123,7 +125,7 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
 def floor_loss(stage: str, distill_config):
     """The catalogue work of a stage's objective alone: loss(trained, frozen, batch) (see the module doc).
 
-    A student's floor has the catalogue terms its variant computes (rec_kd.losses.objective_terms,
+    A student's floor has the catalogue terms its variant computes (rec_kd.train.losses.objective_terms,
     which leaves out a term whose weight is zero), summed unweighted; the contrastive term works
     within the batch, not over the catalogue, so it is not part of the floor.
     """

@@ -29,13 +29,13 @@ import time
 import numpy as np
 
 TEACHER_VARIANTS = [("materialized", None), ("materialized", "int8")]  # mode is moot for a dense table
-# The factored mode exists for STTD tables only (rec_kd/export.py).
+# The factored mode exists for STTD tables only (rec_kd/serve/export.py).
 STTD_STUDENT_VARIANTS = [*TEACHER_VARIANTS, ("factored", None), ("factored", "int8")]
 
 
 def student_variants(config_dir: str) -> list[tuple[str, str | None]]:
     """The (mode, quantize) pairs a student of this run's table kind exports to."""
-    from rec_kd import runs
+    from rec_kd.experiments import runs
 
     kind = runs.read_run_config(config_dir).table.kind
     return STTD_STUDENT_VARIANTS if kind in ("sttd", "tt") else TEACHER_VARIANTS
@@ -56,7 +56,7 @@ def export_all(teacher_workdir: str | None, student_workdir: str | None, out_dir
             name = variant_name(stage, mode, quantize)
             path = os.path.join(out_dir, name + ".onnx")
             if not os.path.exists(path):
-                from rec_kd import export
+                from rec_kd.serve import export
 
                 export.export_workdir(workdir, path, mode=mode, k=k, quantize=quantize)
             paths[name] = path
@@ -72,8 +72,9 @@ def export_standin_student(teacher_workdir: str, student_config_dir: str, out_di
     """
     import jax
 
-    from rec_kd import export, runs
+    from rec_kd.experiments import runs
     from rec_kd.models import build_model
+    from rec_kd.serve import export
 
     teacher, num_items = export.load_workdir(teacher_workdir)
     model = build_model(runs.read_run_config(student_config_dir), num_items)
@@ -112,7 +113,7 @@ def proc_status_mb(field: str) -> float:
 def measure(path: str, calls: int, warmup: int, cpu: int, seed: int) -> dict:
     """Runs in a fresh process: pinned, one thread, batch 1."""
     os.sched_setaffinity(0, {cpu})
-    from rec_kd import serving
+    from rec_kd.serve import serving
 
     rss_before = proc_status_mb("VmRSS")
     start = time.perf_counter()
@@ -162,7 +163,8 @@ def measure_in_subprocess(path: str, args) -> dict:
 
 def evaluate(paths: dict[str, str], workdir: str, num_examples: int, batch_size: int = 256) -> dict:
     """HR@20 of every file on the first num_examples test examples, and int8 vs fp32 top-20 overlap."""
-    from rec_kd import runs, serving
+    from rec_kd.experiments import runs
+    from rec_kd.serve import serving
 
     test = runs.load_run_data(workdir).test.head(num_examples)
     top = {}

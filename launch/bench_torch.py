@@ -16,7 +16,7 @@ Both steps take the same batches: Tmall's training split in the trainer's order 
 our length buckets, so PyTorch sees the same shapes), batch 100 by default, after a warm-up over
 every bucket. `ours_over_torch` is examples/s of `launch.bench`'s teacher step divided by the
 PyTorch step's, timed one after the other in this process: a ratio that does not depend on the
-machine. The process restarts under rec_kd.host_memory's malloc settings like every entry point
+machine. The process restarts under rec_kd.train.host_memory's malloc settings like every entry point
 (PyTorch's CPU allocator also uses posix_memalign, so both steps get them); set
 REC_KD_KEEP_FREED_MEMORY=0 to time both without.
 """
@@ -33,8 +33,9 @@ from torch import nn
 
 from launch import bench
 from rec_kd import data as data_lib
-from rec_kd import defaults, host_memory
-from rec_kd.sharding import Placement
+from rec_kd import defaults
+from rec_kd.train import host_memory
+from rec_kd.train.sharding import Placement
 
 _BATCH_SIZES = flags.DEFINE_list("torch_batch_sizes", ["100"], "Global batch sizes to time.")
 

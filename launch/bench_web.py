@@ -4,14 +4,14 @@
 
 Why: docs/export.md measures the .onnx file in ONNX Runtime from Python; a web page pays for
 other things (the WASM runtime's download and compilation, JavaScript calls), and those are what
-a user of an on-device web client waits for. This builds the page with rec_kd.web (int8 unless
+a user of an on-device web client waits for. This builds the page with rec_kd.serve.web (int8 unless
 --quantize=none), serves it on 127.0.0.1 and drives headless Chromium (the same browser and
 flags as tests/test_web.py, through `chromium_driver`):
 
 - page weight: model + onnxruntime-web runtime bytes (the page's own HTML/JS/names are listed apart);
 - cold load: navigation start to the model ready to answer, each load in a fresh browser profile
   (empty cache), `--loads` times;
-- parity: the timed calls' answers against rec_kd.serving.Recommender on the same file;
+- parity: the timed calls' answers against rec_kd.serve.serving.Recommender on the same file;
 - latency: `--calls` timed `recommend(session, 20)` calls after `--warmup` untimed ones (V8 first
   runs WASM in its baseline tier and optimises hot functions in the background), sessions
   drawn from the dataset's test split; `session.run` alone (the page's own timer) and the whole
@@ -118,7 +118,7 @@ def split_sessions(count: int, max_len: int, seed: int = 0) -> list[list[int]]:
 
 
 def serve_in_thread(folder: str):
-    from rec_kd import web
+    from rec_kd.serve import web
 
     server = web.make_server(folder, 0, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -179,8 +179,8 @@ def wait_for_recommendations(driver, session_length: int, timeout_s: float = 30)
 
 
 def parity(results: list[dict], sessions: list[list[int]], model_path: str, k: int) -> dict:
-    """How the page's answers compare with rec_kd.serving.Recommender (ONNX Runtime, native) on the same file."""
-    from rec_kd import serving
+    """How the page's answers compare with rec_kd.serve.serving.Recommender (ONNX Runtime, native) on the same file."""
+    from rec_kd.serve import serving
 
     recommender = serving.Recommender.load(model_path)
     same_order, max_diff = 0, 0.0
@@ -201,7 +201,7 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
-    from rec_kd import web
+    from rec_kd.serve import web
 
     parser = argparse.ArgumentParser(prog="python -m launch.bench_web", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a trained ml-100k run (make demo: workdirs/demo/student)")

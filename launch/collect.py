@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from rec_kd import members
+from rec_kd.train import members
 
 _ROOT = flags.DEFINE_string("root", None, "Sweep root (ROOT/RUN/results.json).")
 _OUT = flags.DEFINE_string("out", None, "Folder for summary.csv and summary.md (default: ROOT).")

@@ -33,10 +33,11 @@ import types
 from absl import app, flags, logging
 
 from launch import reproduce
-from rec_kd import compress, defaults, sweeps
+from rec_kd import compress, defaults
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
 from rec_kd.models import resolve_table_config
+from rec_kd.train import sweeps
 
 KINDS = ("sttd", "tt", "lowrank", "hash", "qr", "mixed_dim", "dense")
 OBJECTIVES = ("full", "ce")
@@ -154,7 +155,7 @@ def measure_files(workdir: str, calls: int) -> dict:
     so a report regenerated later, on a busier machine, keeps the latency measured when it was quiet.
     """
     from launch import bench_device
-    from rec_kd import export
+    from rec_kd.serve import export
 
     files = {}
     for precision, quantize in (("fp32", None), ("int8", "int8")):

@@ -13,7 +13,8 @@ import os
 
 from absl import app, flags, logging
 
-from rec_kd import defaults, evaluation, train
+from rec_kd import defaults, evaluation
+from rec_kd.train import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the teacher and student runs go.")
 
@@ -62,10 +63,10 @@ def main(argv):
     del argv
     teacher_dir = os.path.join(_WORKDIR.value, "teacher")
     student_dir = os.path.join(_WORKDIR.value, "student")
-    teacher = train.train_and_evaluate(defaults.get_config("ml-100k", "teacher"), teacher_dir)
+    teacher = loop.train_and_evaluate(defaults.get_config("ml-100k", "teacher"), teacher_dir)
     student_config = defaults.get_config("ml-100k", "student")
     student_config.teacher_workdir = teacher_dir
-    student = train.train_and_evaluate(student_config, student_dir)
+    student = loop.train_and_evaluate(student_config, student_dir)
     if teacher.get("preempted") or student.get("preempted"):
         logging.warning("Stopped by SIGTERM; rerun `make demo` to continue.")
         return

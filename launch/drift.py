@@ -15,7 +15,8 @@ import os
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import defaults, train
+from rec_kd import defaults
+from rec_kd.train import loop
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding tmall/.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "An SR-GNN dataset (sessions in time order).")
@@ -35,7 +36,7 @@ def main(argv):
         )
         config = defaults.get_config(full.name, "teacher")
         config.train.num_epochs = 1
-        result = train.train_and_evaluate(config, os.path.join(_WORKDIR.value, name), data=data)
+        result = loop.train_and_evaluate(config, os.path.join(_WORKDIR.value, name), data=data)
         report[name] = {
             "test_hr@20": result["test"]["hr@20"],
             "test_mrr@20": result["test"]["mrr@20"],

@@ -26,9 +26,10 @@ from absl import app, flags
 
 from launch import bench, xla_trace
 from rec_kd import data as data_lib
-from rec_kd import defaults, host_memory, members, step
+from rec_kd import defaults
 from rec_kd.models import DistillHeads, build_model
-from rec_kd.sharding import Placement
+from rec_kd.train import host_memory, members, step
+from rec_kd.train.sharding import Placement
 
 _STAGE = flags.DEFINE_enum("stage", "teacher", ["teacher", "student"], "Which step to take apart.")
 _TRIALS = flags.DEFINE_integer("trials", 5, "Interleaved trials; the median is reported.")

@@ -23,8 +23,9 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from rec_kd import evaluation, result_copies  # noqa: E402
-from rec_kd import runs as runs_lib  # noqa: E402
+from rec_kd import evaluation  # noqa: E402
+from rec_kd.experiments import result_copies  # noqa: E402
+from rec_kd.experiments import runs as runs_lib  # noqa: E402
 
 _RUNS = flags.DEFINE_string("runs", None, "Reproduction root (ROOT/DATASET/RUN/results.json).")
 _OUT = flags.DEFINE_string("out", None, "Output folder: results.md, img/, results/.")
@@ -50,7 +51,7 @@ COLD_METRICS = ("hr@20", "mrr@20")
 def load_runs(root: str, kept: str | None = None) -> list[dict]:
     """Every ROOT/DATASET/RUN/results.json, then KEPT's copies of the runs ROOT does not hold.
 
-    KEPT is an earlier report's results/ folder (the repository's docs/results, rec_kd/result_copies.py):
+    KEPT is an earlier report's results/ folder (the repository's docs/results, rec_kd/experiments/result_copies.py):
     a grid that spans machines keeps every finished run in its report.
     """
     runs = []
@@ -285,7 +286,7 @@ def teacher_label(result: dict) -> str:
 
     Why: the teacher row shows one training of the teacher run (the root's, else the copy kept last),
     and a teacher trained again on another machine need not repeat its numbers; each student names
-    the training it used (rec_kd/results.py).
+    the training it used (rec_kd/experiments/results.py).
     """
     teacher, label = result.get("teacher_results"), ""
     if teacher:

@@ -5,7 +5,7 @@
   python -m launch.reproduce --root=... --datasets=tmall --seeds=0 --rows=teacher,main,ce
 
 Every run is an ordinary `python -m rec_kd.main` command in its own workdir, ROOT/DATASET/ROW_sSEED,
-run by the sweep runner (rec_kd.sweeps.run_jobs; output in WORKDIR/stdout.log), --parallel at a
+run by the sweep runner (rec_kd.train.sweeps.run_jobs; output in WORKDIR/stdout.log), --parallel at a
 time: first every dataset's teacher, then the students in priority order (the main row's seed 0 of
 every dataset, then seeds 1, 2, ..., then x100, x300 and the ablations), so a grid cut short holds
 the headline rows. A finished run (results.json present) is skipped and an interrupted one resumes,
@@ -45,10 +45,12 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
-from rec_kd import defaults, result_copies, runs, sweeps, train
+from rec_kd import defaults
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
-from rec_kd.runs import read_run_config
+from rec_kd.experiments import result_copies, runs
+from rec_kd.experiments.runs import read_run_config
+from rec_kd.train import loop, sweeps
 
 ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
 SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
@@ -69,7 +71,7 @@ _KEEP_RESULTS_IN = flags.DEFINE_string(
     None,
     "Copy each run's results (and eval records) into this folder as it finishes, e.g. docs/results, and skip the runs "
     "kept there under the grid's recipe: workdirs stay on this machine, a later session may start on another "
-    "(rec_kd/result_copies.py).",
+    "(rec_kd/experiments/result_copies.py).",
 )
 flags.mark_flag_as_required("root")
 
@@ -222,7 +224,7 @@ def keep_or_warn(workdir: str, folder: str) -> None:
 
 
 def keep_finished(folder: str):
-    """on_exit for run_jobs: copies each run that finished into `folder` (rec_kd/result_copies.py) as it ends."""
+    """on_exit for run_jobs: copies each run that finished into `folder` (rec_kd/experiments/result_copies.py) as it ends."""
 
     def keep(job: sweeps.Job, code: int) -> None:
         workdir = os.path.dirname(job.log_path)
@@ -344,7 +346,7 @@ def main(argv):
                 continue
             if run.row != "teacher" and keep_in:
                 seed_from_select_record(workdir, result_copies.select_record_copy(keep_in, run.dataset, run.name), expected)
-            if run.row != "teacher" and train.starting_phase(workdir) == "select":
+            if run.row != "teacher" and loop.starting_phase(workdir) == "select":
                 select_teacher_needed.add(run.dataset)
             (teachers if run.row == "teacher" else students).append(job)
     if _DRY_RUN.value:

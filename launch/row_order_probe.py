@@ -8,7 +8,7 @@ the teacher's select-phase item table (trained on train only), minimising the sq
 weighted by each item's frequency in the train split (`row_order.prefix_and_target_counts`, plus one), then puts the fitted table into the
 teacher's network in place of its own and scores valid and test. Prints one line per order: the
 weighted relative error, valid HR@20 / MRR@20 and HR@20 on repeats and on targets new to the
-session, and test HR@20 overall and on steady targets (rec_kd/target_groups.py); with
+session, and test HR@20 overall and on steady targets (rec_kd/experiments/target_groups.py); with
 `--repeat_bonus=...`, once more per value of the ranking's bonus for the session's own items.
 
 Why: the student's lost HR@20 is on steady targets (docs/method.md, part 3), and an STTD row is a
@@ -21,7 +21,7 @@ order's choice, and this measures it without the hours a trained student takes. 
 - clustered: items close in the teacher's own (select-phase) table share first-core rows, and
   items whose offsets from their cluster's centre are alike share second-core rows (the model's
   `table.row_order='clustered'` rows at `table.row_order_seed=0`).
-The maps are rec_kd/row_order.py's.
+The maps are rec_kd/compress/row_order.py's.
 """
 
 import time
@@ -33,9 +33,10 @@ import optax
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import defaults, row_order, runs, target_groups
-from rec_kd.compress import sttd
+from rec_kd import defaults
+from rec_kd.compress import row_order, sttd
 from rec_kd.defaults import ConfigError
+from rec_kd.experiments import runs, target_groups
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding the dataset's folder.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "A dataset with a main STTD table (rec_kd/defaults.py MAIN_TABLES).")

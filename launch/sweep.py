@@ -6,11 +6,11 @@
   python -m launch.sweep --sweep=... --root=... --mode=tpu                             # writes ROOT/sweep_tpu.sh
   python -m launch.sweep --sweep=... --root=... --mode=list                            # prints the commands
 
-The sweep file format is in rec_kd/sweeps.py; docs/scaling.md walks through every mode. Rerunning
+The sweep file format is in rec_kd/train/sweeps.py; docs/scaling.md walks through every mode. Rerunning
 the same command skips finished runs and resumes interrupted ones. SIGTERM or Ctrl-C stops every
 running job cleanly (each saves a checkpoint). By default (`--vmap`) the runs that differ only in
 seed, learning rate, loss weights or temperatures train as members of one program
-(rec_kd.train.train_members); `--novmap` gives every run its own process. `--members` is how such
+(rec_kd.train.loop.train_members); `--novmap` gives every run its own process. `--members` is how such
 a group is started and is not meant to be typed.
 """
 
@@ -21,9 +21,10 @@ import sys
 
 from absl import app, flags, logging
 
-from rec_kd import checkpointing, distributed, sweeps, train
+from rec_kd import checkpointing
 from rec_kd.data import DataError
 from rec_kd.defaults import ConfigError
+from rec_kd.train import distributed, loop, sweeps
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a Python file with get_sweep()).")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs, ROOT/RUN_NAME (outside the repository).")
@@ -46,7 +47,7 @@ def train_members_now(sweep: sweeps.Sweep, runs: list[sweeps.SweepRun], root: st
     distributed.initialize(configs[0])
     workdirs = [os.path.join(root, run.name) for run in runs]
     commands = [shlex.join(sweeps.main_command(sweep, run, root)) for run in runs]  # each member, alone
-    results = train.train_members(configs, workdirs, commands)
+    results = loop.train_members(configs, workdirs, commands)
     if results[0].get("preempted"):
         logging.warning("Stopped by SIGTERM at step %d; checkpoints saved.", results[0]["step"])
 

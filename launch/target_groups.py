@@ -3,7 +3,7 @@
   python -m launch.target_groups --data_dir=../shared/data --dataset=tmall \\
       --model=/work/runs/odrec/tmall/teacher_s0:select --model=/work/runs/odrec/tmall/teacher_s0:best
 
-The groups and why: rec_kd/target_groups.py. On test: new_in_valid, rising, steady and unseen,
+The groups and why: rec_kd/experiments/target_groups.py. On test: new_in_valid, rising, steady and unseen,
 cut from the train and valid splits as `--valid_fraction` defines them, so models trained with
 any valid split (or none) are scored on the same groups; and repeat / new_to_session. On valid
 (`--split=valid`): repeat / new_to_session. `--top_clicked=N` cuts new_to_session once more, by
@@ -21,9 +21,9 @@ import sys
 from absl import app, flags
 
 from rec_kd import data as data_lib
-from rec_kd import runs
-from rec_kd import target_groups as groups_lib
 from rec_kd.defaults import ConfigError
+from rec_kd.experiments import runs
+from rec_kd.experiments import target_groups as groups_lib
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding the dataset's folder.")
 _DATASET = flags.DEFINE_string("dataset", "tmall", "A benchmark dataset whose sessions are in time order.")

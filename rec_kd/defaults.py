@@ -26,7 +26,7 @@ CUSTOM = "custom"
 # data.format of a custom dataset: the reader of rec_kd/data that reads data.path.
 FORMATS = ("srgnn", "user_sequences", "inter", "events")
 # Table kinds of rec_kd/compress besides the main 'sttd': each is also a student variant.
-TABLE_VARIANTS = ("tt", "dense", "lowrank", "hash", "qr", "mixed_dim")
+TABLE_VARIANTS = ("tt", "dense", "lowrank", "hash", "qr", "mixed_dim", "codes")
 VARIANTS = ("full", "ce", "kd", "kd_cl", *TABLE_VARIANTS)
 
 # The paper's main STTD settings (METHOD.md); other datasets get a factorisation suggested from
@@ -84,7 +84,7 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     config.teacher_workdir = ""
 
     config.distributed = ml_collections.ConfigDict()
-    # Multi-process runs (rec_kd/distributed.py; the REC_KD_* environment variables fill blanks):
+    # Multi-process runs (rec_kd/train/distributed.py; the REC_KD_* environment variables fill blanks):
     # process 0's coordinator host:port ('' = a single process unless the environment names one).
     config.distributed.coordinator_address = ""
     # Number of processes (0 = from REC_KD_NUM_PROCESSES).
@@ -133,7 +133,7 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
 
     config.table = ml_collections.ConfigDict()
     # Student item table (rec_kd/compress): 'sttd', 'tt' (plain TT-matrix, t forced to 1), 'dense',
-    # or a compressor sized to `budget`: 'lowrank', 'hash', 'qr', 'mixed_dim' (options below).
+    # or a compressor sized to `budget`: 'lowrank', 'hash', 'qr', 'mixed_dim', 'codes' (options below).
     # Combine a table with an objective ablation by overriding this: `student,ce --config.table.kind=qr`.
     config.table.kind = variant if variant in TABLE_VARIANTS else "sttd"
     # Small catalogues need a smaller rank to compress at all (MovieLens-100k has 1,683 rows).
@@ -153,6 +153,18 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # it. 0 = the size of this catalogue's main STTD table above (191,160 on Tmall), so every
     # compressor is compared at the STTD student's size. results.json records the exact count.
     config.table.budget = 0
+    # The same budget in bytes on device (fp32 parameters x 4, integer arrays at their width, the
+    # row map if there is one); when set it replaces `budget`. What a phone stores is bytes.
+    config.table.budget_bytes = 0
+    # 'codes': M fixed integer codes an item into M trained codebooks of K vectors
+    # (rec_kd/compress/codes.py). method 'pq' (concatenated sub-vectors) or 'rq' (a sum of full
+    # vectors; codes by a beam search of width `beam`); num_codebooks 0 = the most within the
+    # budget; codebook_size a power of two (uint8 codes for <= 256). source: 'teacher' (a
+    # frequency-weighted k-means of the phase's teacher table), 'svd' (RecJPQ: of a truncated SVD
+    # of the training sessions) or 'random'.
+    config.table.codes = ml_collections.ConfigDict(
+        {"method": "pq", "num_codebooks": 0, "codebook_size": 256, "source": "teacher", "kmeans_iterations": 25, "beam": 8}
+    )
     # 'lowrank': E = A B, A (P, rank), B (rank, d).
     config.table.lowrank = ml_collections.ConfigDict({"rank": 0})
     # 'hash': `buckets` shared rows; num_hashes 1 without item_weights is the hashing trick, 2 with

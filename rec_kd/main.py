@@ -5,7 +5,7 @@ misspelt override is an error. Re-running the same command on a workdir continue
 checkpoint. SIGTERM saves a checkpoint and exits 0.
 
 On glibc the command first re-executes itself once with malloc settings that let XLA reuse its
-freed CPU buffers (rec_kd/host_memory.py: a third less CPU per teacher step at batch 100, the same
+freed CPU buffers (rec_kd/train/host_memory.py: a third less CPU per teacher step at batch 100, the same
 numbers bit for bit); REC_KD_KEEP_FREED_MEMORY=0 opts out.
 """
 
@@ -15,9 +15,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rec_kd import checkpointing, distributed, host_memory, train
+from rec_kd import checkpointing
 from rec_kd.data import DataError
 from rec_kd.defaults import ConfigError
+from rec_kd.train import distributed, host_memory, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py:ARGS).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.json.")
@@ -30,7 +31,7 @@ def main(argv):
     try:
         distributed.initialize(_CONFIG.value)
         command = "python -m rec_kd.main " + shlex.join(sys.argv[1:])
-        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, command)
+        results = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, command)
     except (DataError, ConfigError, checkpointing.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -41,5 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    host_memory.restart_with_tunables()  # reuse XLA's freed CPU buffers (see rec_kd/host_memory.py)
+    host_memory.restart_with_tunables()  # reuse XLA's freed CPU buffers (see rec_kd/train/host_memory.py)
     app.run(main)

@@ -219,7 +219,7 @@ def test_the_onnx_table_is_the_jax_table(name):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from rec_kd import export
+    from rec_kd.serve import export
 
     spec = SPECS[name]
     params = jax.tree.map(np.asarray, random_params(spec, seed=4))

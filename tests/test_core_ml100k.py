@@ -104,7 +104,8 @@ def test_student_four_devices_equal_one(teacher, tmp_path):
     assert student["stage"] == "student" and student["variant"] == "full"
     # ml-100k's factors at rank 16 (width 32 = 8 x 4, t = 2): 36*8*16 + 47*4*16*1/4 = 4,608 + 752.
     assert student["params"]["item_table"] == 5360
-    assert student["embedding_compression"] == pytest.approx(36 * 47 * 32 / 5360)
+    assert student["embedding_compression_authors"] == pytest.approx(36 * 47 * 32 / 5360)  # padded rows, parameters
+    assert student["embedding_compression"] == pytest.approx(1683 * 32 / 5360)  # bytes of the 1,683 rows, fp32 both
     assert set(student["losses"]) == {"rec", "kd", "cl", "pred", "total"}
 
 

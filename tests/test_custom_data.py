@@ -1,7 +1,7 @@
 """Your own data (configs/custom.py): a dataset given only by format and path, end to end.
 
 One synthetic log of 300 users over items 1..300 is written in each of the four formats; each goes
-teacher -> student -> ONNX export -> `rec_kd.recommend`, through the same commands a user types
+teacher -> student -> ONNX export -> `rec_kd.serve.recommend`, through the same commands a user types
 (docs/data.md). Around that: the STTD factors picked at a target compression (hand-computed),
 the teacher check between two files, sweeps over a custom config, and bad input that stops a run
 before training with one line naming the file.
@@ -20,11 +20,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rec_kd import defaults, export, sweeps
+from rec_kd import defaults
 from rec_kd.compress import sttd
 from rec_kd.data import FORMAT_READERS, load_configured, load_raw_events
 from rec_kd.data.datasets import raw_event_options
 from rec_kd.models import resolve_table_config
+from rec_kd.serve import export
+from rec_kd.train import sweeps
 from tests.test_train import main_env, results, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +100,7 @@ def run_custom(arg: str, workdir: Path, data_format: str, path: Path, *overrides
 
 
 def recommend(model_path: str, session: str, k: int) -> dict:
-    command = [sys.executable, "-m", "rec_kd.recommend", f"--model={model_path}", f"--session={session}", f"--k={k}"]
+    command = [sys.executable, "-m", "rec_kd.serve.recommend", f"--model={model_path}", f"--session={session}", f"--k={k}"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
@@ -226,7 +228,7 @@ def test_teacher_student_export_recommend(data_format, datasets, teachers, tmp_p
     run_custom("student,smoke", student_dir, data_format, path, f"--config.teacher_workdir={teacher_dir}")
     student = results(student_dir)
     assert student["stage"] == "student" and student["teacher_workdir"] == str(teacher_dir)
-    assert student["embedding_compression"] >= 30 and student["num_items"] == teacher["num_items"]
+    assert student["embedding_compression_authors"] >= 30 and student["num_items"] == teacher["num_items"]
 
     model = export.export_workdir(str(student_dir), str(tmp_path / "student.onnx"), k=10)
     answer = recommend(model, "1,2,3", k=5)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from rec_kd import defaults, distributed
+from rec_kd import defaults
+from rec_kd.train import distributed
 
 ENV = {"REC_KD_COORDINATOR_ADDRESS": "10.0.0.1:1234", "REC_KD_NUM_PROCESSES": "4", "REC_KD_PROCESS_ID": "0"}
 

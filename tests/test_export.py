@@ -1,4 +1,4 @@
-"""The ONNX export (rec_kd.export), serving API (rec_kd.serving) and CLI (rec_kd.recommend).
+"""The ONNX export (rec_kd.serve.export), serving API (rec_kd.serve.serving) and CLI (rec_kd.serve.recommend).
 
 A tiny student (and a dense twin) is trained in-process for a few hundred Adam steps on a
 synthetic next-item rule, exported, and run through ONNX Runtime; the JAX model is the reference.
@@ -19,9 +19,9 @@ import onnx
 import optax
 import pytest
 
-from rec_kd import export, row_order, serving
-from rec_kd.compress import hashing, lowrank, mixed_dim, qr, sttd
+from rec_kd.compress import hashing, lowrank, mixed_dim, qr, row_order, sttd
 from rec_kd.models.sasrec import SeqRecModel
+from rec_kd.serve import export, serving
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 400
@@ -272,7 +272,7 @@ def run_cli(module: str, *args) -> subprocess.CompletedProcess:
 
 def test_cli_prints_one_json_object(student, tmp_path):
     path = write_model(tmp_path, *student)
-    result = run_cli("rec_kd.recommend", f"--model={path}", "--session=3,17,42", "--k=7")
+    result = run_cli("rec_kd.serve.recommend", f"--model={path}", "--session=3,17,42", "--k=7")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1
     answer = json.loads(result.stdout)
@@ -294,14 +294,14 @@ def test_cli_prints_one_json_object(student, tmp_path):
 def test_cli_bad_input_is_one_line_on_stderr(student, tmp_path, session, model_name, message):
     write_model(tmp_path, *student)
     (tmp_path / "notes.txt").write_text("hello")
-    result = run_cli("rec_kd.recommend", f"--model={tmp_path / model_name}", f"--session={session}")
+    result = run_cli("rec_kd.serve.recommend", f"--model={tmp_path / model_name}", f"--session={session}")
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
 def test_serving_does_not_import_jax():
-    code = "import sys, rec_kd.serving, rec_kd.recommend; print('jax' in sys.modules)"
+    code = "import sys, rec_kd.serve.serving, rec_kd.serve.recommend; print('jax' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "False"
 
@@ -327,12 +327,12 @@ def test_end_to_end_ml_100k_smoke_export_and_cli(tmp_path):
     ):
         result = run_cli("rec_kd.main", f"--config=configs/ml_100k.py:{config}", f"--workdir={workdir}", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
-    jax_answer = json.loads(run_cli("rec_kd.recommend", f"--workdir={student_dir}", "--session=3,17,42").stdout)
+    jax_answer = json.loads(run_cli("rec_kd.serve.recommend", f"--workdir={student_dir}", "--session=3,17,42").stdout)
     for mode in ("materialized", "factored"):
-        result = run_cli("rec_kd.export", f"--workdir={student_dir}", f"--out={tmp_path / mode}", f"--mode={mode}")
+        result = run_cli("rec_kd.serve.export", f"--workdir={student_dir}", f"--out={tmp_path / mode}", f"--mode={mode}")
         assert result.returncode == 0, result.stderr[-2000:]
         path = json.loads(result.stdout)["path"]
-        answer = json.loads(run_cli("rec_kd.recommend", f"--model={path}", "--session=3,17,42").stdout)
+        answer = json.loads(run_cli("rec_kd.serve.recommend", f"--model={path}", "--session=3,17,42").stdout)
         assert answer["items"] == jax_answer["items"]
         np.testing.assert_allclose(answer["scores"], jax_answer["scores"], atol=1e-4)
     bench = run_cli(

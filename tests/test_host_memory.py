@@ -1,4 +1,4 @@
-"""rec_kd.host_memory: the restart under glibc malloc settings, and the page faults it saves."""
+"""rec_kd.train.host_memory: the restart under glibc malloc settings, and the page faults it saves."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rec_kd import host_memory
+from rec_kd.train import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_GLIBC = host_memory.platform.libc_ver()[0] == "glibc"

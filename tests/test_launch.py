@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from launch import compare_tables, report
-from rec_kd import defaults, result_copies, runs
+from rec_kd import defaults
+from rec_kd.experiments import result_copies, runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def test_smoke_grid_then_report_holds_the_runs_numbers(smoke_grid, tmp_path):
         "test": teacher["test"],
     }
     assert main["teachers"]["refit"]["digest"] == teacher["params_digest"]  # the refit teacher, named by its parameters
-    # --keep_results_in copied each run as it finished (rec_kd/result_copies.py).
+    # --keep_results_in copied each run as it finished (rec_kd/experiments/result_copies.py).
     kept = sorted(path.name for path in (root.parent / "kept").iterdir() if path.is_file())
     assert kept == sorted([f"tmall_{r}.json" for r in run_names] + [f"tmall_{r}.evals.jsonl" for r in run_names])
     # ... and each run's select record as its refit started (result_copies.keep_select_record).

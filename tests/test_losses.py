@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import losses
 from rec_kd.models.distill_heads import example_kinds, sub_session_masks
+from rec_kd.train import losses
 
 
 def log_softmax(x):

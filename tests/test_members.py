@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rec_kd import defaults, train
+from rec_kd import defaults
+from rec_kd.train import loop
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +54,10 @@ def teacher_members(tmp_path_factory):
     root = tmp_path_factory.mktemp("members")
     fields = [dict(seed=0), dict(seed=1), dict(seed=2, train__learning_rate=3e-3)]
     member_dirs = [root / f"member_{i}" for i in range(3)]
-    results = train.train_members([small_config("teacher", **f) for f in fields], [str(d) for d in member_dirs])
+    results = loop.train_members([small_config("teacher", **f) for f in fields], [str(d) for d in member_dirs])
     solo_dirs = [root / f"solo_{i}" for i in range(3)]
     for f, solo_dir in zip(fields, solo_dirs, strict=True):
-        train.train_and_evaluate(small_config("teacher", **f), str(solo_dir))
+        loop.train_and_evaluate(small_config("teacher", **f), str(solo_dir))
     return results, member_dirs, solo_dirs
 
 
@@ -75,26 +76,27 @@ def test_vmapped_students_with_a_zero_and_a_traced_weight_match_their_runs_alone
     configs = [small_config("student", teacher_workdir=teacher_dir, **f) for f in fields]
     for config in configs:
         config.train.num_epochs = 1
-    train.train_members(configs, [str(tmp_path / "member_0"), str(tmp_path / "member_1")])
+    loop.train_members(configs, [str(tmp_path / "member_0"), str(tmp_path / "member_1")])
     for i, f in enumerate(fields):
         config = small_config("student", teacher_workdir=teacher_dir, **f)
         config.train.num_epochs = 1
-        train.train_and_evaluate(config, str(tmp_path / f"solo_{i}"))
+        loop.train_and_evaluate(config, str(tmp_path / f"solo_{i}"))
         assert_same_run(tmp_path / f"member_{i}", tmp_path / f"solo_{i}")
 
 
 def test_members_that_differ_in_a_shape_field_are_refused(tmp_path):
     configs = [small_config("teacher"), small_config("teacher", model__hidden_dim=64)]
     with pytest.raises(defaults.ConfigError, match=r"may differ only in .* these differ: \['model.hidden_dim'\]"):
-        train.train_members(configs, [str(tmp_path / "a"), str(tmp_path / "b")])
+        loop.train_members(configs, [str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_vmapped_mixed_dim_students_train_checkpoint_and_export(teacher_members, tmp_path):
     """A compressor that needs the data (hot rows) through the whole path: members, results, restore, export."""
     from rec_kd import data as data_lib
-    from rec_kd import export, runs, serving
     from rec_kd.compress import mixed_dim
+    from rec_kd.experiments import runs
     from rec_kd.models import build_model, sasrec
+    from rec_kd.serve import export, serving
     from tests.test_export import assert_same_top_k
 
     _, member_dirs, _ = teacher_members
@@ -102,7 +104,7 @@ def test_vmapped_mixed_dim_students_train_checkpoint_and_export(teacher_members,
     for config in configs:
         config.train.num_epochs = 1
     workdirs = [tmp_path / "member_0", tmp_path / "member_1"]
-    results = train.train_members(configs, [str(d) for d in workdirs])
+    results = loop.train_members(configs, [str(d) for d in workdirs])
     config = runs.read_run_config(str(workdirs[0]))
     data = data_lib.load_configured(config)
     spec = build_model(config, data.num_items).spec

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import defaults, row_order
-from rec_kd.compress import sttd
+from rec_kd import defaults
+from rec_kd.compress import row_order, sttd
 from rec_kd.defaults import ConfigError
 from rec_kd.models import DistillHeads, SeqRecModel, build_model, sasrec
 from rec_kd.models.sasrec import row_order_seed

@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from rec_kd.train import git_commit
+from rec_kd.train.loop import git_commit
 
 
 def git(repo, *args):
@@ -40,7 +40,7 @@ def test_a_checkout_without_git_is_told_its_commit(tmp_path, monkeypatch):
 
 def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tmp_path):
     from launch.report import teacher_label
-    from rec_kd.results import teacher_results
+    from rec_kd.experiments.results import teacher_results
 
     assert teacher_results(str(tmp_path), 44929) is None  # the teacher has not finished
     test = {"hr@20": 0.52016, "mrr@20": 0.27504, "ndcg@20": 0.33}
@@ -83,7 +83,7 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
 
 
 def test_a_teacher_is_the_same_by_checkpoint_step_and_digest_where_recorded():
-    from rec_kd.train import same_teacher
+    from rec_kd.train.loop import same_teacher
 
     used = {"checkpoint": "select", "step": 8712, "digest": "aa"}
     assert same_teacher(dict(used), used)
@@ -93,7 +93,7 @@ def test_a_teacher_is_the_same_by_checkpoint_step_and_digest_where_recorded():
 
 
 def test_a_refit_from_a_record_says_whether_its_teacher_is_the_recorded_training():
-    from rec_kd.results import refit_teacher_as_recorded
+    from rec_kd.experiments.results import refit_teacher_as_recorded
 
     here = {"checkpoint": "best", "step": 27969, "digest": "aa"}
     assert refit_teacher_as_recorded({"refit_teacher_of_record": dict(here), "teachers": {"refit": here}}) is True

@@ -17,8 +17,11 @@ import jax
 import numpy as np
 import pytest
 
-from rec_kd import checkpointing, defaults, row_order, runs, train
+from rec_kd import checkpointing, defaults
+from rec_kd.compress import row_order
 from rec_kd.data import load_configured
+from rec_kd.experiments import runs
+from rec_kd.train import loop
 from tests.test_members import assert_same_metrics, small_config, train_losses
 
 pytestmark = pytest.mark.slow
@@ -42,10 +45,10 @@ def refit_teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("refit")
     fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
     member_dirs = [root / f"member_{i}" for i in range(2)]
-    train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in member_dirs])
+    loop.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in member_dirs])
     solo_dirs = [root / f"solo_{i}" for i in range(2)]
     for f, solo_dir in zip(fields, solo_dirs, strict=True):
-        train.train_and_evaluate(refit_config("teacher", **f), str(solo_dir))
+        loop.train_and_evaluate(refit_config("teacher", **f), str(solo_dir))
     return member_dirs, solo_dirs
 
 
@@ -85,7 +88,7 @@ def test_a_refit_student_distils_from_the_select_teacher_then_the_refit_teacher(
     teacher = read_results(member_dirs[0])
     config = refit_config("student", teacher_workdir=str(member_dirs[0]))
     config.train.num_epochs = 2
-    result = train.train_and_evaluate(config, str(tmp_path / "student"))
+    result = loop.train_and_evaluate(config, str(tmp_path / "student"))
     # Each phase names the teacher model by its parameters too: the digests the teacher reported for them.
     assert result["teachers"] == {
         "select": {"checkpoint": "select", "step": teacher["select_phase"]["step"], "digest": teacher["select_phase"]["params_digest"]},
@@ -112,7 +115,7 @@ def test_a_student_selected_on_valid_refuses_a_teacher_that_saw_valid(refit_teac
     shutil.rmtree(old_style / "checkpoints" / "select")
     config = refit_config("student", teacher_workdir=str(old_style))
     with pytest.raises(defaults.ConfigError, match=r"checkpoints/best: the teacher was refit on train \+ valid"):
-        train.train_and_evaluate(config, str(tmp_path / "student"))
+        loop.train_and_evaluate(config, str(tmp_path / "student"))
     # Without a valid split nothing is selected on valid, so the refit teacher is the one to use
     # (MovieLens is split leave-one-out, so its valid split is emptied by hand here).
     data = load_configured(config)
@@ -131,25 +134,25 @@ def test_a_resumed_student_refuses_a_teacher_that_changed_under_it(refit_teacher
     shutil.copytree(member_dirs[0], teacher_dir)
     config = refit_config("student", teacher_workdir=str(teacher_dir))
     config.train.refit_on_valid, config.train.num_epochs = False, 1
-    train.train_and_evaluate(config, str(tmp_path / "student"))
+    loop.train_and_evaluate(config, str(tmp_path / "student"))
     (tmp_path / "student" / "results.json").unlink()  # the finished run will resume once more
     # The teacher "retrained": its select/ now holds another step (member 1 selected epoch 1).
     shutil.rmtree(teacher_dir / "checkpoints" / "select")
     shutil.copytree(member_dirs[1] / "checkpoints" / "select", teacher_dir / "checkpoints" / "select")
     with pytest.raises(defaults.ConfigError, match=r"the teacher changed under a running student"):
-        train.train_and_evaluate(config, str(tmp_path / "student"))
+        loop.train_and_evaluate(config, str(tmp_path / "student"))
     # Trained again to the same step with other values (here: the select model nudged and saved at
     # its step): the step alone would pass, the digest tells the two trainings apart.
     shutil.rmtree(teacher_dir / "checkpoints" / "select")
     shutil.copytree(member_dirs[0] / "checkpoints" / "select", teacher_dir / "checkpoints" / "select")
-    train.train_and_evaluate(config, str(tmp_path / "student"))  # the teacher it started with: resumes
+    loop.train_and_evaluate(config, str(tmp_path / "student"))  # the teacher it started with: resumes
     (tmp_path / "student" / "results.json").unlink()
     selected = runs.load_trained(str(teacher_dir), read_results(member_dirs[0])["num_items"], checkpoint="select")
     nudged = jax.tree.map(lambda x: x + 1e-3, selected.params)
     manager = checkpointing.manager(str(teacher_dir / "checkpoints" / "select"), max_to_keep=1)
     checkpointing.save(manager, selected.step, {"params": nudged}, {"valid": None})
     with pytest.raises(defaults.ConfigError, match=r"'digest': '[0-9a-f]{16}'.*the teacher changed under a running student"):
-        train.train_and_evaluate(config, str(tmp_path / "student"))
+        loop.train_and_evaluate(config, str(tmp_path / "student"))
 
 
 def test_a_teacher_that_held_out_less_valid_is_refused(refit_teachers, tmp_path):
@@ -157,7 +160,7 @@ def test_a_teacher_that_held_out_less_valid_is_refused(refit_teachers, tmp_path)
     config = refit_config("student", teacher_workdir=str(member_dirs[0]))
     config.data.valid_fraction = 0.2
     with pytest.raises(defaults.ConfigError, match=r"held out valid_fraction=0.1, less than the student's 0.2"):
-        train.train_and_evaluate(config, str(tmp_path / "student"))
+        loop.train_and_evaluate(config, str(tmp_path / "student"))
 
 
 def test_a_clustered_student_keeps_the_rows_of_its_select_phase_teacher_in_both_phases(refit_teachers, tmp_path):
@@ -166,7 +169,7 @@ def test_a_clustered_student_keeps_the_rows_of_its_select_phase_teacher_in_both_
     config.table.row_order, config.table.row_order_seed = "clustered", 3
     config.train.num_epochs = 1  # a select epoch, then a refit epoch on the same rows
     workdir = tmp_path / "student"
-    result = train.train_and_evaluate(config, str(workdir))
+    result = loop.train_and_evaluate(config, str(workdir))
     num_items, factors = result["num_items"], tuple(result["config"]["table"]["item_factors"])
     assert len(factors) == 2 and set(result["teachers"]) == {"select", "refit"}
     # The map clusters the teacher the select phase distils from (trained on train alone), not the refit one.
@@ -186,11 +189,11 @@ def test_a_clustered_student_keeps_the_rows_of_its_select_phase_teacher_in_both_
     again = refit_config("student", teacher_workdir=str(tmp_path / "no_teacher"))
     again.table.row_order, again.table.row_order_seed = "clustered", 3
     again.table.item_factors = factors
-    train.fill_clustered_rows(again, str(workdir), None, {})
+    loop.fill_clustered_rows(again, str(workdir), None, {})
     assert again.table.item_rows == recorded
     with pytest.raises(defaults.ConfigError, match="no teacher config"):  # a new run needs the teacher
         again.table.item_rows = ""
-        train.fill_clustered_rows(again, str(tmp_path / "new"), load_configured(again), {})
+        loop.fill_clustered_rows(again, str(tmp_path / "new"), load_configured(again), {})
 
 
 def test_clustered_members_share_one_map_and_members_on_different_maps_are_refused(refit_teachers, tmp_path):
@@ -199,7 +202,7 @@ def test_clustered_members_share_one_map_and_members_on_different_maps_are_refus
     for config in configs:
         config.table.row_order, config.train.refit_on_valid, config.train.num_epochs = "clustered", False, 1
     workdirs = [tmp_path / f"member_{i}" for i in range(2)]
-    train.train_members([config.copy_and_resolve_references() for config in configs], [str(w) for w in workdirs])
+    loop.train_members([config.copy_and_resolve_references() for config in configs], [str(w) for w in workdirs])
     maps = [runs.read_run_config(str(w)).table.item_rows for w in workdirs]
     num_items = read_results(workdirs[0])["num_items"]
     factors = tuple(read_results(workdirs[0])["config"]["table"]["item_factors"])
@@ -216,12 +219,12 @@ def test_clustered_members_share_one_map_and_members_on_different_maps_are_refus
     for workdir in workdirs:
         (workdir / "results.json").unlink()
     with pytest.raises(defaults.ConfigError, match="hold different item -> row maps"):
-        train.train_members([config.copy_and_resolve_references() for config in configs], [str(w) for w in workdirs])
+        loop.train_members([config.copy_and_resolve_references() for config in configs], [str(w) for w in workdirs])
     # A map given for a run that trained on another one is refused too.
     given = configs[0].copy_and_resolve_references()
     given.table.item_factors, given.table.item_rows = factors, row_order.encode_item_rows(other)
     with pytest.raises(defaults.ConfigError, match="trained on another item -> row map than the table.item_rows given"):
-        train.fill_clustered_rows(given, str(workdirs[0]), None, {})
+        loop.fill_clustered_rows(given, str(workdirs[0]), None, {})
 
 
 # A refit needs only its select record: a run whose select phase ended on another machine refits here.
@@ -256,7 +259,7 @@ def test_vmapped_members_refit_from_their_select_records_alone_as_the_unbroken_r
     assert record["record"]["best"]["epoch"] == 1 and record["config"]["train"]["learning_rate"] == 0.0
     fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
     again_dirs = [refit_elsewhere(d, tmp_path / d.name) for d in member_dirs]
-    train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in again_dirs])
+    loop.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in again_dirs])
     for again_dir, member_dir in zip(again_dirs, member_dirs, strict=True):
         assert_same_refit(again_dir, member_dir)
     # The refit model is the shipped one, as after an unbroken run.
@@ -267,14 +270,14 @@ def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_se
     member_dirs, _ = refit_teachers
     config = refit_config("student", teacher_workdir=str(member_dirs[0]))
     config.train.num_epochs = 2
-    unbroken = train.train_and_evaluate(config, str(tmp_path / "student"))
+    unbroken = loop.train_and_evaluate(config, str(tmp_path / "student"))
     # Another machine's teacher: refit from its own record, so it has no checkpoints/select/ to give.
     teacher_dir = tmp_path / "teacher_refit_only"
     shutil.copytree(member_dirs[0], teacher_dir)
     shutil.rmtree(teacher_dir / "checkpoints" / "select")
     config.teacher_workdir = str(teacher_dir)
     again_dir = refit_elsewhere(tmp_path / "student", tmp_path / "again")
-    again = train.train_and_evaluate(config, str(again_dir))
+    again = loop.train_and_evaluate(config, str(again_dir))
     assert_same_refit(again_dir, tmp_path / "student")
     assert again["teachers"] == unbroken["teachers"] and again["commits"][0] == unbroken["commits"][0]
     assert again["refit_teacher_as_recorded"] is True  # the refit teacher here has the recorded one's parameters
@@ -286,14 +289,14 @@ def test_a_student_refits_from_its_select_record_with_a_teacher_that_keeps_no_se
     checkpointing.save(manager, shipped.step, {"params": jax.tree.map(lambda x: x + 1e-3, shipped.params)}, {"refit": True})
     config.teacher_workdir = str(other_dir)
     with caplog.at_level(logging.WARNING):
-        other = train.train_and_evaluate(config, str(refit_elsewhere(tmp_path / "student", tmp_path / "other")))
+        other = loop.train_and_evaluate(config, str(refit_elsewhere(tmp_path / "student", tmp_path / "other")))
     assert other["refit_teacher_as_recorded"] is False
     assert other["teachers"]["refit"]["digest"] != unbroken["teachers"]["refit"]["digest"]
     assert "not the one named where its select phase ran" in caplog.text
     config.teacher_workdir = str(teacher_dir)
     # Without its record the same workdir would start a select phase, which that teacher cannot serve.
     with pytest.raises(defaults.ConfigError, match=r"checkpoints/best: the teacher was refit on train \+ valid"):
-        train.train_and_evaluate(config, str(tmp_path / "fresh"))
+        loop.train_and_evaluate(config, str(tmp_path / "fresh"))
 
 
 def test_a_select_record_of_another_recipe_or_position_or_a_missing_member_is_refused(refit_teachers, tmp_path):
@@ -302,24 +305,24 @@ def test_a_select_record_of_another_recipe_or_position_or_a_missing_member_is_re
     with pytest.raises(
         defaults.ConfigError, match=r"recipe/select_record.json: the run there started under another recipe \(train.learning_rate"
     ):
-        train.train_and_evaluate(other, str(refit_elsewhere(member_dirs[0], tmp_path / "recipe")))
+        loop.train_and_evaluate(other, str(refit_elsewhere(member_dirs[0], tmp_path / "recipe")))
     assert not (tmp_path / "recipe" / "config.json").exists()  # refused before anything was written: its own recipe still refits
-    train.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(tmp_path / "recipe"))
+    loop.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(tmp_path / "recipe"))
     assert_same_refit(tmp_path / "recipe", member_dirs[0])
     moved = refit_elsewhere(member_dirs[0], tmp_path / "position")
     payload = json.loads((moved / runs.SELECT_RECORD).read_text())
     payload["record"]["epoch"] = 1  # a record saved mid-refit: the refit's first epoch would be lost
     (moved / runs.SELECT_RECORD).write_text(json.dumps(payload))
     with pytest.raises(defaults.ConfigError, match=r"select_record.json: not a record of a refit's start"):
-        train.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(moved))
+        loop.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(moved))
     (moved / runs.SELECT_RECORD).write_text("{not json")
     with pytest.raises(defaults.ConfigError, match=r"select_record.json: not valid JSON"):
-        train.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(moved))
+        loop.train_and_evaluate(refit_config("teacher", seed=0, train__learning_rate=3e-3), str(moved))
     fields = [dict(seed=0, train__learning_rate=3e-3), dict(seed=1, train__learning_rate=0.0)]
     pair = [refit_elsewhere(member_dirs[0], tmp_path / "pair_0"), tmp_path / "pair_1"]
     with pytest.raises(defaults.ConfigError, match=r"pair_1/select_record.json: missing, while .*pair_0/select_record.json is there"):
-        train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])
+        loop.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])
     # A member with a checkpoint of its own beside one with a record: refused, its progress is not dropped.
     shutil.copytree(member_dirs[1] / "checkpoints", pair[1] / "checkpoints", dirs_exist_ok=True)
     with pytest.raises(checkpointing.CheckpointError, match=r"no checkpoint step common to every member restores: .*pair_0"):
-        train.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])
+        loop.train_members([refit_config("teacher", **f) for f in fields], [str(d) for d in pair])

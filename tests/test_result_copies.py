@@ -1,4 +1,4 @@
-"""rec_kd.result_copies and the grid's hook that keeps each run as it finishes (sweeps.run_jobs on_exit)."""
+"""rec_kd.experiments.result_copies and the grid's hook that keeps each run as it finishes (sweeps.run_jobs on_exit)."""
 
 import json
 import sys
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rec_kd import result_copies, sweeps
+from rec_kd.experiments import result_copies
+from rec_kd.train import sweeps
 
 TRAIN = {"step": 10, "epoch": 0, "split": "train", "loss/total": 5.0}
 VALID = {"step": 10, "epoch": 1, "split": "valid", "hr@20": 0.35}

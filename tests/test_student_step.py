@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import defaults, step
+from rec_kd import defaults
 from rec_kd.models import DistillHeads, build_model, init_model_params, resolve_table_config
+from rec_kd.train import step
 
 NUM_ITEMS = 11
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rec_kd import sweeps
+from rec_kd.train import sweeps
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,13 @@
-"""rec_kd/target_groups.py: the groups and their metrics by hand, and the batched ranks against one plain-numpy pass."""
+"""rec_kd/experiments/target_groups.py: the groups and their metrics by hand, and the batched ranks against one plain-numpy pass."""
 
 import jax
 import numpy as np
 import pytest
 
-from rec_kd import defaults, runs, target_groups
+from rec_kd import defaults
 from rec_kd.data import session_data
 from rec_kd.defaults import ConfigError
+from rec_kd.experiments import runs, target_groups
 from rec_kd.models import build_model, init_model_params
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rec_kd import row_order, runs
+from rec_kd.compress import row_order
+from rec_kd.experiments import runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -160,8 +161,11 @@ def test_student_four_devices_equal_one(tmall_teacher, tmp_path, data_dir):
         assert losses[4][step] == pytest.approx(losses[1][step], abs=1e-5), step
     assert student["stage"] == "student" and student["variant"] == "full"
     assert student["params"]["item_table"] == 191_160
-    assert student["embedding_compression"] == pytest.approx(40729 * 128 / 191_160)
-    assert student["embedding_compression_with_row_map"] == pytest.approx(40729 * 128 / (191_160 + 40_728))
+    # In bytes: the dense table of the 40,728 rows over the cores' fp32 bytes and the int32 row map.
+    assert student["bytes"]["item_table"] == 4 * 191_160 + 4 * 40_728
+    assert student["bytes"]["dense_item_table"] == 4 * 40_728 * 128
+    assert student["embedding_compression"] == pytest.approx(40_728 * 128 / (191_160 + 40_728))
+    assert student["embedding_compression_authors"] == pytest.approx(40729 * 128 / 191_160)
     assert student["bytes"]["item_rows_int32"] == 4 * 40_728
     assert set(student["losses"]) == {"rec", "kd", "cl", "pred", "total"}
     assert student["model_compression"] > 10

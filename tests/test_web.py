@@ -1,9 +1,9 @@
-"""rec_kd.web: the static folder it writes, and the page itself in headless Chromium.
+"""rec_kd.serve.web: the static folder it writes, and the page itself in headless Chromium.
 
 Why a real browser: the page is the on-device client, so its answers must be the exported file's
 answers, computed by onnxruntime-web in WebAssembly, not by any server. The browser tests train a
 tiny MovieLens-100k teacher and student in-process (one module fixture, small settings), build the
-page from the student with rec_kd.web, serve it on 127.0.0.1 from a thread, and drive Chromium
+page from the student with rec_kd.serve.web, serve it on 127.0.0.1 from a thread, and drive Chromium
 through selenium with the flags of launch/bench_web.py. Without Chromium, chromedriver, selenium
 or the onnxruntime-web package (`make web-deps`) they skip with a one-line reason, except under
 REC_KD_REQUIRE_BROWSER=1 (set by .ci/run), where a missing piece fails them.
@@ -28,7 +28,8 @@ import onnx
 import pytest
 
 from launch import bench_web
-from rec_kd import defaults, export, serving, web
+from rec_kd import defaults
+from rec_kd.serve import export, serving, web
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_BROWSER_ENV = "REC_KD_REQUIRE_BROWSER"
@@ -141,10 +142,14 @@ def test_workdir_without_a_trained_model_is_a_clear_error(stand_in_runtime, tmp_
     with pytest.raises(web.WebError, match="unknown quantization 'int4'"):
         web.build(str(half), str(tmp_path / "site"), quantize="int4", runtime=stand_in_runtime)
     result = subprocess.run(
-        [sys.executable, "-m", "rec_kd.web", f"--workdir={tmp_path / 'nothing'}"], capture_output=True, text=True, cwd=REPO, check=False
+        [sys.executable, "-m", "rec_kd.serve.web", f"--workdir={tmp_path / 'nothing'}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
     )
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("rec_kd.web: ") and "config.json: missing" in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("rec_kd.serve.web: ") and "config.json: missing" in result.stderr
 
 
 def test_server_sends_webassembly_mime_types(stand_in_export, stand_in_runtime, tmp_path):
@@ -218,12 +223,12 @@ def tiny_config(arg: str, teacher_workdir: str = ""):
 @pytest.fixture(scope="module")
 def site(browser_ready, tmp_path_factory):
     """A tiny trained ml-100k student's page, served on 127.0.0.1: (url, manifest)."""
-    from rec_kd import train
+    from rec_kd.train import loop
 
     root = tmp_path_factory.mktemp("web_runs")
     teacher, student = str(root / "teacher"), str(root / "student")
-    train.train_and_evaluate(tiny_config("teacher,smoke"), teacher)
-    train.train_and_evaluate(tiny_config("student,smoke", teacher), student)
+    loop.train_and_evaluate(tiny_config("teacher,smoke"), teacher)
+    loop.train_and_evaluate(tiny_config("student,smoke", teacher), student)
     manifest = web.build(student, str(root / "site"))
     server = web.make_server(manifest["folder"], 0, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -280,7 +285,14 @@ def test_page_recommends_what_onnx_runtime_recommends_on_50_test_sessions(page, 
         assert_same_ranking(got, *recommender.recommend(session, 20), session)
     # The CLI on the same file, for the first session.
     cli = subprocess.run(
-        [sys.executable, "-m", "rec_kd.recommend", f"--model={model_path(site)}", "--session=" + ",".join(map(str, sessions[0])), "--k=20"],
+        [
+            sys.executable,
+            "-m",
+            "rec_kd.serve.recommend",
+            f"--model={model_path(site)}",
+            "--session=" + ",".join(map(str, sessions[0])),
+            "--k=20",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -14,7 +14,7 @@ valid selecting. Two runs: a row order is not a member field (one program reads 
       --sweep=configs/sweeps/retailrocket_clustered.py --root=/work/runs/tuning/retailrocket
 """
 
-from rec_kd import sweeps
+from rec_kd.train import sweeps
 
 
 def get_sweep():

@@ -17,7 +17,7 @@ vmappable fields, so by default they train as members of one program; the record
   python -m launch.collect --root=/work/runs/tuning_b/tmall
 """
 
-from rec_kd import sweeps
+from rec_kd.train import sweeps
 
 
 def get_sweep():

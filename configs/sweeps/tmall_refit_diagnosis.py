@@ -15,7 +15,7 @@ the rule that comes out of them must be one that valid alone can apply. Runs go 
       --sweep=configs/sweeps/tmall_refit_diagnosis.py --root=/work/runs/refit_diagnosis/tmall
 """
 
-from rec_kd import sweeps
+from rec_kd.train import sweeps
 
 
 def get_sweep():

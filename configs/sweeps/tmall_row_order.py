@@ -15,7 +15,7 @@ main_s0.
       --sweep=configs/sweeps/tmall_row_order.py --root=/work/runs/tuning/tmall
 """
 
-from rec_kd import sweeps
+from rec_kd.train import sweeps
 
 
 def get_sweep():

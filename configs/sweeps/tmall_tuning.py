@@ -13,7 +13,7 @@ Runs go in that order, one at a time.
   python -m launch.collect --root=/work/runs/tuning/tmall
 """
 
-from rec_kd import sweeps
+from rec_kd.train import sweeps
 
 
 def get_sweep():

@@ -144,7 +144,7 @@ def core_list(cores) -> list:
 
 
 def onnx_core_names(g, cores: Sequence) -> list[str]:
-    """The cores as weights of an ONNX graph builder (rec_kd.export.GraphBuilder)."""
+    """The cores as weights of an ONNX graph builder (rec_kd.serve.export.GraphBuilder)."""
     return [g.weight(f"sttd_core_{k}", core) for k, core in enumerate(cores)]
 
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from rec_kd import compress
 from rec_kd.compress import common, dense, sttd
+from rec_kd.compress.row_order import decode_item_rows, shuffled_item_rows
 from rec_kd.defaults import ConfigError
 from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initializers
-from rec_kd.row_order import decode_item_rows, shuffled_item_rows
 
 # 'mean': METHOD.md's readout (the gate sees the masked mean of the encoder outputs). 'mean+summary':
 # the gate also sees the output of a learned summary token placed right after the session, which
@@ -105,7 +105,7 @@ class SeqRecModel(nn.Module):
                 f"{type(spec).__name__} gives a {spec.num_rows} x {spec.dim} table; "
                 f"need >= {self.num_items + 1} rows and width {self.hidden_dim}"
             )
-        if self.init_scheme == "authors":
+        if self.init_scheme == "authors" and not getattr(spec, "own_init", False):
             init_fn = lambda key: common.init_from_shapes(embedding_init, spec.param_shapes(), key)  # noqa: E731
         else:
             init_fn = lambda key: spec.init(key, target_std)  # noqa: E731
@@ -218,7 +218,7 @@ def row_map(config, num_items: int) -> str:
     if not text:
         raise ConfigError(
             "table.row_order='clustered' needs table.item_rows, the map the trainer computes from the teacher's "
-            "select-phase table when the run starts (rec_kd.train.fill_clustered_rows); this config has none"
+            "select-phase table when the run starts (rec_kd.train.loop.fill_clustered_rows); this config has none"
         )
     try:
         decode_item_rows(text, num_items, math.prod(config.table.item_factors))
@@ -300,7 +300,8 @@ def resolve_table_config(config, num_items: int, hot_mask=None) -> None:
     STTD / TT with empty item_factors: a suggested factorisation, at the largest rank compressing
     at least `table.target_compression` (the custom-data config has it; sttd.suggest_spec_at_compression)
     or else at the named datasets' fixed `table.ranks[0]`. Explicit item_factors are kept.
-    Other kinds: every size left at 0 is the largest within `table.budget` parameters, and a budget
+    Other kinds: every size left at 0 is the largest within the budget (`table.budget_bytes`, else
+    `table.budget` parameters of 4 bytes; codes count their integers at their width), and a budget
     of 0 means the size of this catalogue's main STTD table (the fair comparison: every compressor
     at the STTD student's size). mixed_dim records `hot_mask` (SessionData.hot_mask) as its hot rows.
     """
@@ -320,20 +321,29 @@ def resolve_table_config(config, num_items: int, hot_mask=None) -> None:
                 f"table.kind=mixed_dim needs the data's hot mask over its {num_rows} rows to split them (SessionData.hot_mask)"
             )
         options["hot_rows"] = compress.mixed_dim.encode_rows(hot_mask)
-    budget = config.table.get("budget", 0)
-    if not budget:
-        try:
-            budget = main_sttd_budget(config, num_items)
-        except ConfigError as error:
-            raise ConfigError(
-                f"table.kind={kind}: table.budget=0 means the main STTD table's size, and here: {error}; set --config.table.budget"
-            ) from None
+    budget_bytes = table_budget_bytes(config, num_items, kind)
+    module = compress.KINDS[kind]
+    budget = budget_bytes if getattr(module, "BUDGET_IN_BYTES", False) else budget_bytes // 4
     try:
-        options = compress.KINDS[kind].budget_options(num_rows, dim, budget, options)
+        options = module.budget_options(num_rows, dim, budget, options)
     except ValueError as error:
         raise ConfigError(f"table.kind={kind}: {error}") from None
     with config.unlocked():
         config.table[kind].update(options)
+
+
+def table_budget_bytes(config, num_items: int, kind: str) -> int:
+    """The table's budget in bytes: table.budget_bytes, else 4 x table.budget parameters, else the main STTD table's fp32 bytes."""
+    if config.table.get("budget_bytes", 0):
+        return int(config.table.budget_bytes)
+    if config.table.get("budget", 0):
+        return 4 * int(config.table.budget)
+    try:
+        return 4 * main_sttd_budget(config, num_items)
+    except ConfigError as error:
+        raise ConfigError(
+            f"table.kind={kind}: table.budget=0 means the main STTD table's size, and here: {error}; set --config.table.budget_bytes"
+        ) from None
 
 
 def main_sttd_budget(config, num_items: int) -> int:

@@ -33,9 +33,10 @@ import ml_collections
 from absl import logging
 
 from rec_kd import data as data_lib
-from rec_kd import members, runs
+from rec_kd.experiments import runs
+from rec_kd.train import members
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class SweepError(ValueError):

@@ -1,4 +1,4 @@
-"""CLI: `python -m rec_kd.recommend --model=FILE.onnx --session=3,17,42 [--k=20]`.
+"""CLI: `python -m rec_kd.serve.recommend --model=FILE.onnx --session=3,17,42 [--k=20]`.
 
 Prints exactly one JSON object, {"items": [...], "scores": [...]}, on stdout and nothing else.
 `--workdir=DIR` instead of `--model` answers from the run's JAX checkpoint, for comparison with
@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from rec_kd import serving
+from rec_kd.serve import serving
 
 
 def recommend_onnx(path: str, session: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,8 +23,8 @@ def recommend_onnx(path: str, session: list[int], k: int) -> tuple[np.ndarray, n
 
 
 def recommend_jax(workdir: str, session: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same answer from the JAX checkpoint (rec_kd.export.jax_top_k on the padded session)."""
-    from rec_kd import export  # imports JAX; only this path needs it
+    """The same answer from the JAX checkpoint (rec_kd.serve.export.jax_top_k on the padded session)."""
+    from rec_kd.serve import export  # imports JAX; only this path needs it
 
     try:
         trained, num_items = export.load_workdir(workdir)
@@ -37,9 +37,9 @@ def recommend_jax(workdir: str, session: list[int], k: int) -> tuple[np.ndarray,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rec_kd.recommend", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rec_kd.serve.recommend", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="an .onnx file written by rec_kd.export")
+    source.add_argument("--model", help="an .onnx file written by rec_kd.serve.export")
     source.add_argument("--workdir", help="a trained rec_kd run (answers from the JAX checkpoint)")
     parser.add_argument("--session", required=True, help="comma-separated item ids, oldest first")
     parser.add_argument("--k", type=int, default=20)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             with contextlib.redirect_stdout(sys.stderr):
                 ids, scores = recommend_jax(args.workdir, session, args.k)
     except serving.ServingError as error:
-        print(f"rec_kd.recommend: {error}", file=sys.stderr)
+        print(f"rec_kd.serve.recommend: {error}", file=sys.stderr)
         return 1
     print(json.dumps({"items": [int(i) for i in ids], "scores": [float(s) for s in scores]}))
     return 0

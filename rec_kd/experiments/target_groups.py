@@ -25,9 +25,10 @@ import os
 import jax
 import numpy as np
 
-from rec_kd import evaluation, runs
+from rec_kd import evaluation
 from rec_kd.data import session_data
 from rec_kd.defaults import ConfigError
+from rec_kd.experiments import runs
 from rec_kd.models import sasrec
 
 GROUPS = ("new_in_valid", "rising", "steady", "unseen")

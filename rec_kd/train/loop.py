@@ -27,12 +27,15 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from rec_kd import checkpointing, evaluation, members, result_copies, results, row_order, runs
+from rec_kd import checkpointing, evaluation
 from rec_kd import data as data_lib
+from rec_kd.compress import row_order
 from rec_kd.defaults import ConfigError
+from rec_kd.experiments import result_copies, results, runs
 from rec_kd.models import resolve_table_config, sasrec
-from rec_kd.sharding import Placement, check_batch_sizes
-from rec_kd.train_logging import MetricWriter, quiet_library_logs
+from rec_kd.train import members
+from rec_kd.train.metric_writer import MetricWriter, quiet_library_logs
+from rec_kd.train.sharding import Placement, check_batch_sizes
 
 # ----------------------------------------------------------------------------------------------
 # The run record: what a checkpoint's meta holds, so a resumed run ends exactly like an unbroken one.
@@ -70,7 +73,7 @@ CODE_PATHS = ("rec_kd", "configs", "launch", "setup.py", "requirements.txt")
 
 def git_commit(repo: str | None = None) -> str:
     """HEAD of the checkout holding rec_kd, with '-dirty' when tracked code (CODE_PATHS) differs from it."""
-    repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = repo or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run(
@@ -290,12 +293,20 @@ def resume(training: Training) -> None:
         logging.info("Resumed from step %d (epoch %d, batch %d).", lead["step"], lead["epoch"], lead["batch_in_epoch"])
     else:
         adopt_select_records(training)
+        training.state = initial_state(training)
     for member in training.members:
         member.record.setdefault("commits", [])  # runs started before this field existed
         if not member.record["commits"] or member.record["commits"][-1] != commit:
             member.record["commits"].append(commit)
         member.writer = MetricWriter(member.workdir, enabled=jax.process_index() == 0)
     use_phase_teacher(training)
+
+
+def initial_state(training: Training):
+    """Fresh parameters for the phase the records are in (a codes table derived from that phase's teacher or data)."""
+    split = training.train_and_valid if training.lead["phase"] == "refit" else training.data.train
+    configs = [member.config for member in training.members]
+    return training.run.init_state(members.derived_tables(configs, training.data, split, training.teacher))
 
 
 def adopt_select_records(training: Training) -> None:
@@ -324,7 +335,6 @@ def adopt_select_records(training: Training) -> None:
         member.record, member.resumed_from_step = record, int(record["step"])
     if len({member.record["step"] for member in training.members}) > 1:
         raise ConfigError(f"{paths}: the members' select records stop at different steps; they were not one vmapped run")
-    training.state = training.run.init_state()
     selected = [member.record["best"]["epoch"] for member in training.members]
     logging.info("Refitting from %s: epochs %s selected on valid by an earlier process.", paths[0], selected)
 
@@ -533,7 +543,6 @@ def start_refit(training: Training) -> None:
     """
     epochs = [member.record["best"]["epoch"] for member in training.members]
     logging.info("Selected epochs %s on valid; refitting fresh models on train + valid.", epochs)
-    training.state = training.run.init_state()
     for member in training.members:
         member.record.update(phase="refit", epoch=0, batch_in_epoch=0, select_done=False)
     # The record is written once: with the refit teacher named (another machine's refit compares its
@@ -542,6 +551,7 @@ def start_refit(training: Training) -> None:
         use_phase_teacher(training)
     finally:
         write_select_records(training)
+    training.state = initial_state(training)  # a codes table quantizes the refit teacher
 
 
 def end_epoch(training: Training) -> None:

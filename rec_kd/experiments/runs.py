@@ -15,9 +15,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rec_kd import checkpointing, compress, result_copies
+from rec_kd import checkpointing, compress
 from rec_kd import data as data_lib
 from rec_kd.defaults import ConfigError
+from rec_kd.experiments import result_copies
 from rec_kd.models import build_model, init_model_params, resolve_table_config
 from rec_kd.models.sasrec import row_order, table_kind, table_options
 

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rec_kd import evaluation, losses
+from rec_kd import evaluation
 from rec_kd.defaults import ConfigError
 from rec_kd.models import init_model_params
+from rec_kd.train import losses
 
 
 def make_optimizer(config, steps_per_epoch: int, learning_rate=None) -> optax.GradientTransformation:
@@ -38,6 +39,25 @@ def model_keys(seed):
     """(init key, dropout key) of a model: both derived from its seed alone."""
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     return init_key, dropout_key
+
+
+def is_trained(leaf) -> bool:
+    """Float leaves are trained; integer leaves (a codes table's codes) are fixed data kept with the parameters."""
+    return jnp.issubdtype(leaf.dtype, jnp.inexact)
+
+
+def trained_params(params):
+    """`params` with every fixed (integer) leaf replaced by None: what gradients and the optimizer see.
+
+    For a model without integer leaves this is `params` itself, so its optimizer state has the
+    structure it always had (checkpoints of earlier runs restore).
+    """
+    return jax.tree.map(lambda leaf: leaf if is_trained(leaf) else None, params)
+
+
+def with_trained(params, trained):
+    """`params` with its trained leaves taken from `trained` (trained_params' structure)."""
+    return jax.tree.map(lambda new, old: old if new is None else new, trained, params, is_leaf=lambda x: x is None)
 
 
 def init_params(config, model, heads, key):
@@ -103,10 +123,15 @@ def make_train_step(loss_fn, config, steps_per_epoch: int):
 
     def train_step(state, batch, constants, teacher_params, member):
         dropout_key = jax.random.fold_in(model_keys(member["seed"])[1], state["step"])
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], batch, dropout_key, constants, teacher_params, member["hparams"])
+        trained = trained_params(state["params"])
+
+        def loss_of_trained(trained):
+            return loss_fn(with_trained(state["params"], trained), batch, dropout_key, constants, teacher_params, member["hparams"])
+
+        grads, metrics = jax.grad(loss_of_trained, has_aux=True)(trained)
         optimizer = make_optimizer(config, steps_per_epoch, member["hparams"].get("train.learning_rate"))
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], trained)
+        params = with_trained(state["params"], optax.apply_updates(trained, updates))
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 

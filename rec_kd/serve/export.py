@@ -1,6 +1,6 @@
 """Export a trained teacher or student to an ONNX Runtime model that answers top-K recommendations.
 
-`python -m rec_kd.export --workdir=DIR --out=PATH [--quantize=int8] [--mode=materialized|factored] [--k=20]`
+`python -m rec_kd.serve.export --workdir=DIR --out=PATH [--quantize=int8] [--mode=materialized|factored] [--k=20]`
 
 The ONNX graph is written op by op (onnx.helper) from the run's selected parameters: it *is* the
 model (Gather, LayerNorm, causal + padding masked attention, exact GELU via Erf, the soft-attention
@@ -272,7 +272,8 @@ def as_numpy_tree(tree):
         return {key: as_numpy_tree(value) for key, value in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [as_numpy_tree(value) for value in tree]
-    return np.asarray(tree, dtype=np.float32)
+    array = np.asarray(tree)
+    return array if np.issubdtype(array.dtype, np.integer) else array.astype(np.float32)  # a codes table's codes stay integers
 
 
 def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str | None) -> onnx.GraphProto:
@@ -369,7 +370,7 @@ def build_onnx_model(
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; expected int8 or none")
     graph = build_graph(model, params, num_items, mode, k, quantize)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rec_kd.export")
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rec_kd.serve.export")
     onnx_model.ir_version = 8
     table_mode = "dense" if model.table_spec is None else mode
     props = {
@@ -408,8 +409,8 @@ def read_num_items(workdir: str) -> int:
 
 
 def load_workdir(workdir: str):
-    """The run's selected model (rec_kd.runs.TrainedModel) and its num_items."""
-    from rec_kd import runs  # JAX; imported here so the graph builder works without a run
+    """The run's selected model (rec_kd.experiments.runs.TrainedModel) and its num_items."""
+    from rec_kd.experiments import runs  # JAX; imported here so the graph builder works without a run
 
     num_items = read_num_items(workdir)
     try:
@@ -446,7 +447,7 @@ def jax_top_k(model, params, items: np.ndarray, lengths: np.ndarray, k: int) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rec_kd.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rec_kd.serve.export", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a finished rec_kd run (teacher or student)")
     parser.add_argument("--out", required=True, help="output path; '.onnx' is appended if missing")
     parser.add_argument("--mode", default="materialized", choices=MODES, help="STTD table mode (ignored for a dense table)")
@@ -468,7 +469,7 @@ def main(argv=None) -> int:
         quantize = None if args.quantize == "none" else args.quantize
         path = export_workdir(args.workdir, args.out, args.mode, args.k, quantize, args.repeat_bonus)
     except ExportError as error:
-        print(f"rec_kd.export: {error}", file=sys.stderr)
+        print(f"rec_kd.serve.export: {error}", file=sys.stderr)
         return 1
     print(json.dumps({"path": path, "bytes": os.path.getsize(path)}))
     return 0

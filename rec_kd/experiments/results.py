@@ -9,13 +9,27 @@ import jax
 import numpy as np
 from absl import logging
 
+from rec_kd import compress
 from rec_kd.compress import TABLE_PARAM_NAMES
-from rec_kd.models import table_kind
+from rec_kd.models import build_model, table_kind
 from rec_kd.models.sasrec import row_order
 
 
 def count_params(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+    """Trained (float) parameters; a codes table's integer codes are data, counted in bytes only."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree) if np.issubdtype(x.dtype, np.inexact)))
+
+
+def count_bytes(tree) -> int:
+    """Bytes on device: fp32 for every float parameter, integer arrays at their width."""
+    return int(sum(np.prod(x.shape) * (4 if np.issubdtype(x.dtype, np.inexact) else np.dtype(x.dtype).itemsize) for x in jax.tree.leaves(tree)))
+
+
+def table_bytes(config, num_items: int) -> dict:
+    """{'item_table': the table's bytes on device (its row map included), 'dense_item_table': fp32 (N + 1) x d}."""
+    spec = build_model(config, num_items).spec
+    row_map = 4 * (num_items + 1) if row_order(config) != "id" else 0  # an int32 item -> row map in the export
+    return {"item_table": compress.table_bytes(spec) + row_map, "dense_item_table": 4 * (num_items + 1) * config.model.hidden_dim}
 
 
 def table_param_count(model_params) -> int:
@@ -64,7 +78,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         "params": {"total": count_params(params), "item_table": item_table, "inference_total": inference_total},
         "embedding_compression": None,
         "model_compression": None,
-        "bytes": {"params_fp32": 4 * inference_total},
+        "bytes": {"params_fp32": 4 * inference_total, "model": count_bytes(params["model"]), **table_bytes(config, data.num_items)},
         "losses": {name.split("/", 1)[1]: value for name, value in reported["losses"].items() if name.startswith("loss/")},
         "wall_s": wall_s,
         "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
@@ -87,15 +101,13 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
         results["refit_from_record"] = record.get("refit_from_record")
     if config.stage == "student":
         dim = config.model.hidden_dim
-        # STTD / TT: the padded rows prod(I), as the authors count; other kinds have exactly N + 1 rows.
-        padded = config.table.kind in ("sttd", "tt")
-        dense_rows = int(np.prod(config.table.item_factors)) if padded else data.num_items + 1
-        results["embedding_compression"] = dense_rows * dim / item_table
+        # Every kind: the dense table's bytes over the table's on device (its row map included).
+        results["embedding_compression"] = results["bytes"]["dense_item_table"] / results["bytes"]["item_table"]
+        if config.table.kind in ("sttd", "tt"):
+            # As the authors count: parameters, over the padded rows prod(I), no row map.
+            results["embedding_compression_authors"] = int(np.prod(config.table.item_factors)) * dim / item_table
         if row_order(config) != "id":
-            # The item -> row map is not a parameter, but an exported model stores it (int32, N + 1),
-            # unless the app relabels its catalogue in row order instead: both ratios are reported.
             results["bytes"]["item_rows_int32"] = 4 * (data.num_items + 1)
-            results["embedding_compression_with_row_map"] = dense_rows * dim / (item_table + data.num_items + 1)
         results["model_compression"] = count_params(teacher.params) / inference_total
         results["teacher_workdir"] = teacher.workdir
         results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)

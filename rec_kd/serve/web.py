@@ -1,15 +1,15 @@
-"""The student in a web page: `python -m rec_kd.web --workdir=RUN [--out=FOLDER] [--serve --port=8000]`.
+"""The student in a web page: `python -m rec_kd.serve.web --workdir=RUN [--out=FOLDER] [--serve --port=8000]`.
 
 Why: the product is a recommender that runs on the user's own device. A browser is the nearest
 device these machines can run and test, and ONNX Runtime Web executes the very .onnx file that
-rec_kd.export writes, in WebAssembly, the way a mobile web app would. So this module only
+rec_kd.serve.export writes, in WebAssembly, the way a mobile web app would. So this module only
 assembles a static folder; every recommendation is computed in the page, never on a server.
 
 The folder (self-contained; no CDN, nothing fetched from elsewhere at run time):
   index.html      the page, with the model's metadata (num_items, max_len, K, bytes) inlined
-  recommend.js    the page's one script: validation and padding as rec_kd.serving, the UI,
+  recommend.js    the page's one script: validation and padding as rec_kd.serve.serving, the UI,
                   and `window.recommend(session, k)` -> Promise of {items, scores}
-  model.onnx      the run's selected model, exported by rec_kd.export (int8 unless --quantize=none)
+  model.onnx      the run's selected model, exported by rec_kd.serve.export (int8 unless --quantize=none)
   names.json      {"dataset": ..., "names": {"1": "Toy Story (1995)", ...}}; empty names for
                   datasets without titles (the page shows ids)
   ort.wasm.min.js, ort-wasm-simd-threaded.{mjs,wasm}
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Where `make web-deps` (npm ci) puts the runtime; REC_KD_ORT_WEB_DIR overrides it.
 DEFAULT_RUNTIME_DIR = REPO_ROOT / "node_modules" / "onnxruntime-web" / "dist"
 RUNTIME_DIR_ENV = "REC_KD_ORT_WEB_DIR"
@@ -92,7 +92,7 @@ def runtime_version(folder: Path) -> str:
 
 def run_dataset(workdir: str) -> str:
     """The dataset a run was trained on, from its config.json."""
-    from rec_kd import export
+    from rec_kd.serve import export
 
     try:
         return export.read_run_field(workdir, "config.json", "dataset")
@@ -212,8 +212,8 @@ def build_folder(model_path: str, out: str, dataset: str, names: dict[int, str],
 
 
 def build(workdir: str, out: str, quantize: str = "int8", k: int = EXPORT_K, runtime: Path | None = None) -> dict:
-    """Exports the run's selected model (rec_kd.export) and writes the folder around it."""
-    from rec_kd import export
+    """Exports the run's selected model (rec_kd.serve.export) and writes the folder around it."""
+    from rec_kd.serve import export
 
     if quantize not in QUANTIZE_CHOICES:
         raise WebError(f"unknown quantization {quantize!r}; expected one of {QUANTIZE_CHOICES}")
@@ -258,7 +258,7 @@ class StaticHandler(http.server.SimpleHTTPRequestHandler):
 def make_server(folder: str, port: int = 8000, host: str = "127.0.0.1", quiet: bool = False) -> http.server.ThreadingHTTPServer:
     """An HTTP server for `folder` on host:port (port 0 picks a free one: server.server_address[1])."""
     if not os.path.isfile(os.path.join(folder, PAGE_FILE)):
-        raise WebError(f"{folder}: no {PAGE_FILE}; build the folder first (python -m rec_kd.web --workdir=RUN --out={folder})")
+        raise WebError(f"{folder}: no {PAGE_FILE}; build the folder first (python -m rec_kd.serve.web --workdir=RUN --out={folder})")
     handler = type("Handler", (StaticHandler,), {"quiet": quiet})
     try:
         return http.server.ThreadingHTTPServer((host, port), functools.partial(handler, directory=folder))
@@ -269,7 +269,7 @@ def make_server(folder: str, port: int = 8000, host: str = "127.0.0.1", quiet: b
 def serve(folder: str, port: int) -> None:
     """Serves `folder` on 127.0.0.1:port until Ctrl-C."""
     server = make_server(folder, port)
-    print(f"rec_kd.web: serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"rec_kd.serve.web: serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -279,7 +279,7 @@ def serve(folder: str, port: int) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rec_kd.web", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rec_kd.serve.web", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a trained rec_kd run (teacher or student)")
     parser.add_argument("--out", help="the folder to write (default: WORKDIR/web)")
     parser.add_argument("--quantize", default="int8", choices=QUANTIZE_CHOICES, help="int8 weights (default) or fp32")
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         if args.serve:
             serve(out, args.port)
     except (WebError, OSError) as error:
-        print(f"rec_kd.web: {error}", file=sys.stderr)
+        print(f"rec_kd.serve.web: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,13 +14,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from rec_kd import data as data_lib
-from rec_kd import evaluation, step
+from rec_kd import evaluation
 from rec_kd.defaults import ConfigError
-from rec_kd.models import DistillHeads, build_model
-from rec_kd.runs import Teacher
-from rec_kd.sharding import Placement
+from rec_kd.experiments.runs import Teacher
+from rec_kd.compress import codes
+from rec_kd.models import DistillHeads, build_model, table_kind
+from rec_kd.train import step
+from rec_kd.train.sharding import Placement
 
 # Config fields that may differ between the members of one run. `seed` enters through each
 # member's keys, the others through its `hparams` (traced scalars); every other field shapes the
@@ -103,7 +106,7 @@ class Run:
     between the run's state and one model's (what each member's checkpoints hold).
     """
 
-    init_state: Any  # () -> a freshly initialised, replicated state (member axis only for N > 1)
+    init_state: Any  # (table=None) -> a freshly initialised, replicated state (member axis only for N > 1)
     # The initial state: the first (donated) step deletes its buffers, so a loop keeps its own.
     state: Any
     train_step: Any
@@ -140,9 +143,18 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
 
     def init_member(seed):
         params = step.init_params(config, model, heads, step.model_keys(seed)[0])
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(step.trained_params(params))}
 
-    init_state = jax.jit(lambda: over_members(init_member, (0,), num_members)(members["seed"]), out_shardings=placement.replicated)
+    init_program = jax.jit(lambda: over_members(init_member, (0,), num_members)(members["seed"]), out_shardings=placement.replicated)
+    table_name = model.spec.param_name
+
+    def init_state(table=None):
+        """A fresh state; `table` (derived_tables: the item table's parameters, stacked for N > 1) replaces the drawn one."""
+        state = init_program()
+        if table is not None:
+            state["params"]["model"][table_name] = placement.replicate(table)
+        return state
+
     loss_fn = step.make_loss_fn(model, heads, teacher.model if teacher else None, config.distill if is_student else None)
     train_step = jax.jit(
         over_members(
@@ -169,3 +181,48 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
     return Run(
         init_state, init_state(), train_step, metric_sums, constants, teacher.params if teacher else {}, members, take_member, stack_members
     )
+
+
+def derived_tables(configs: Sequence, data: data_lib.SessionData, split: data_lib.Split, teacher: Teacher | None):
+    """The item-table parameters a `codes` student starts from, stacked over members; None for every other table.
+
+    Each member quantizes with its own seed. The codes come from the phase's teacher (the
+    select-phase model while selecting, the refit model while refitting, so neither phase sees a
+    table trained on its test data) or from `split`, the phase's training examples (svd); the
+    k-means weights items by their count in `split`.
+    """
+    config = configs[0]
+    if table_kind(config) != "codes" or config.table.codes.source == "random":
+        return None
+    options = config.table.codes
+    spec = build_model(config, data.num_items).spec
+    if options.source == "teacher":
+        vectors = teacher_vectors(teacher, data.num_items, spec.dim)
+    else:
+        sessions = [np.append(items[:length], target) for items, length, target in zip(split.items, split.lengths, split.targets, strict=True)]
+        vectors = codes.svd_item_vectors(sessions, data.num_items, spec.dim, int(config.seed))
+    counted = np.concatenate([split.items[np.arange(split.items.shape[1])[None, :] < split.lengths[:, None]], split.targets])
+    weights = np.bincount(counted, minlength=data.num_items + 1)[1 : data.num_items + 1].astype(np.float64)
+    tables = []
+    for member in configs:
+        table = codes.quantize_table(spec, vectors, weights, int(options.kmeans_iterations), int(member.seed), int(options.beam))
+        if options.source == "svd":
+            table["codebooks"] = codes.rescaled(table["codebooks"], spec, table["codes"], config.model.hidden_dim**-0.5)
+        tables.append(table)
+    logging.info("codes table: %d items quantized (%s, source %s) for %d member(s).", data.num_items, spec.method, options.source, len(configs))
+    if len(tables) == 1:
+        return tables[0]
+    return jax.tree.map(lambda *xs: np.stack(xs), *tables)
+
+
+def teacher_vectors(teacher: Teacher | None, num_items: int, dim: int) -> np.ndarray:
+    """(N, dim) rows 1..N of the teacher's item table; a ConfigError naming the field when it cannot give them."""
+    if teacher is None:
+        raise ConfigError("table.codes.source='teacher' needs a teacher (config.teacher_workdir); use source 'svd' or 'random' without one")
+    table = np.asarray(teacher.model.apply({"params": teacher.params}, method=lambda model: model.item_table()))
+    if table.shape != (num_items + 1, dim):
+        raise ConfigError(
+            f"table.codes.source='teacher': {teacher.workdir}'s item table is {table.shape[0]} x {table.shape[1]}, "
+            f"the student needs {num_items + 1} x {dim} (model.hidden_dim); train the teacher at the student's width"
+        )
+    return table[1:]

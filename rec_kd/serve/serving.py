@@ -1,7 +1,7 @@
 """On-device serving: `Recommender.load(path).recommend(session, k) -> (ids, scores)`.
 
 Imports only numpy and onnxruntime, never JAX: this is the code a phone app (or any CPU service)
-would run next to the .onnx file written by rec_kd.export. The file carries what serving needs to
+would run next to the .onnx file written by rec_kd.serve.export. The file carries what serving needs to
 know in its metadata (num_items, max_len, k), so a session is validated before it reaches the
 runtime: an empty session, an id outside [1, num_items] or a k above the exported K is a
 ServingError with a one-line message.

@@ -1,0 +1,1 @@
+"""Serving a trained model: ONNX export, the Recommender (ONNX Runtime, no JAX), the CLI, the web page."""
