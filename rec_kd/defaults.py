@@ -130,6 +130,12 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # The losses and the teacher's soft targets never see it (every gradient is the same); it changes
     # what is recommended: evaluation, and so epoch selection and refit length, and export. method.md part 4.
     config.model.repeat_bonus = 0.0
+    # A learned copy signal: one trained scalar added to the scores of the items the session already
+    # holds, in the scores every loss reads (unlike repeat_bonus, which only ranks). Off: the paper's model.
+    config.model.copy_bonus = False
+    # Students: start every parameter outside the item table from the phase's teacher model (its
+    # transformer and readout; the shapes must match), instead of from scratch.
+    config.model.init_from_teacher = False
 
     config.table = ml_collections.ConfigDict()
     # Student item table (rec_kd/compress): 'sttd', 'tt' (plain TT-matrix, t forced to 1), 'dense',

@@ -146,11 +146,16 @@ def rq_beam_encode(x: np.ndarray, codebooks: np.ndarray, beam: int) -> np.ndarra
         return jnp.take_along_axis(paths, best[:, None, None], 1)[:, 0]
 
     codebooks = jnp.asarray(codebooks)
-    parts = [np.asarray(encode_chunk(jnp.asarray(x[s : s + ASSIGN_CHUNK // max(beam, 1)]))) for s in range(0, len(x), ASSIGN_CHUNK // max(beam, 1))]
+    parts = [
+        np.asarray(encode_chunk(jnp.asarray(x[s : s + ASSIGN_CHUNK // max(beam, 1)])))
+        for s in range(0, len(x), ASSIGN_CHUNK // max(beam, 1))
+    ]
     return np.concatenate(parts).astype(np.int32) if parts else np.zeros((0, num_stages), np.int32)
 
 
-def residual_quantize(x: np.ndarray, weights: np.ndarray, num_codebooks: int, codebook_size: int, iterations: int, seed: int, beam: int = 1):
+def residual_quantize(
+    x: np.ndarray, weights: np.ndarray, num_codebooks: int, codebook_size: int, iterations: int, seed: int, beam: int = 1
+):
     """RQ of x (n, d): codebooks (M, K, d), each a k-means of what the earlier stages left, and codes (n, M) by beam search."""
     residual = np.asarray(x, np.float32).copy()
     codebooks = []

@@ -22,7 +22,9 @@ def count_params(tree) -> int:
 
 def count_bytes(tree) -> int:
     """Bytes on device: fp32 for every float parameter, integer arrays at their width."""
-    return int(sum(np.prod(x.shape) * (4 if np.issubdtype(x.dtype, np.inexact) else np.dtype(x.dtype).itemsize) for x in jax.tree.leaves(tree)))
+    return int(
+        sum(np.prod(x.shape) * (4 if np.issubdtype(x.dtype, np.inexact) else np.dtype(x.dtype).itemsize) for x in jax.tree.leaves(tree))
+    )
 
 
 def table_bytes(config, num_items: int) -> dict:

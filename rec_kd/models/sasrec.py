@@ -68,6 +68,8 @@ class SeqRecModel(nn.Module):
       row_map: '' or a stored item -> row map (row_order.encode_item_rows; `table.row_order=
         'clustered'`, computed from the teacher's table when the run starts), read instead of the
         seed: items close in the teacher's space share first-core rows (docs/method.md, part 4).
+      copy_bonus: a trained scalar added to `scores` (what the losses read) at the items the session
+        holds: a learned copy signal (off: the paper's model).
       repeat_bonus: added to the `ranking` scores of the items the session already holds (0: the
         paper's ranking, by `scores` alone). The losses read `scores` and never see it, so the
         teacher's soft targets and every gradient are the same at any bonus; what it changes is
@@ -88,6 +90,7 @@ class SeqRecModel(nn.Module):
     row_order_seed: int | None = None
     row_map: str = ""
     repeat_bonus: float = 0.0
+    copy_bonus: bool = False
 
     @property
     def spec(self):
@@ -124,6 +127,8 @@ class SeqRecModel(nn.Module):
             for i in range(self.num_layers)
         ]
         self.readout_head = SoftAttentionReadout(self.init_scheme, name="readout")
+        if self.copy_bonus:
+            self.copy_bonus_value = self.param("copy_bonus", nn.initializers.zeros, ())
 
     def item_rows(self) -> np.ndarray | None:
         """(num_items + 1,) table row of each item id, or None when item i is row i."""
@@ -166,6 +171,8 @@ class SeqRecModel(nn.Module):
         table = self.item_table()
         session = self.encode(table, items, lengths, train)
         scores = mask_padding_scores(session @ table.T)
+        if self.copy_bonus:  # learned: the losses see it, so the gradient sets how much copying pays
+            scores = jnp.where(session_item_mask(items, lengths, scores.shape[1]), scores + self.copy_bonus_value, scores)
         ranking = scores
         if self.repeat_bonus:
             ranking = jnp.where(session_item_mask(items, lengths, scores.shape[1]), scores + self.repeat_bonus, scores)
@@ -244,6 +251,7 @@ def build_model(config, num_items: int) -> SeqRecModel:
         row_order_seed=row_order_seed(config),
         row_map=row_map(config, num_items),
         repeat_bonus=finite_repeat_bonus(model_config.get("repeat_bonus", 0.0)),  # runs from before this field: 0
+        copy_bonus=bool(model_config.get("copy_bonus", False)),  # runs from before this field: off
     )
 
 

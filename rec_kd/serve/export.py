@@ -346,8 +346,10 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
             g.constant(np.asarray([num_items + 1], np.int64)),
             g.constant(np.asarray([1], np.int64)),
         )  # (B, N)
-    if model.repeat_bonus:
-        real = g.op("Add", real, session_item_bonus(g, num_items, model.repeat_bonus, length))  # what the model ranks by
+    # The learned copy bonus (in the scores) and the ranking-only repeat bonus act alike on the session's items.
+    bonus = model.repeat_bonus + (float(params["copy_bonus"]) if getattr(model, "copy_bonus", False) else 0.0)
+    if bonus:
+        real = g.op("Add", real, session_item_bonus(g, num_items, bonus, length))  # what the model ranks by
     top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
     g.nodes.append(helper.make_node("TopK", [real, g.constant(np.asarray([k], np.int64))], [top_scores, top_index], axis=-1))
     g.op("Add", top_index, g.constant(np.int64(1)), out=OUTPUT_IDS)

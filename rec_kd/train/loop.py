@@ -306,7 +306,10 @@ def initial_state(training: Training):
     """Fresh parameters for the phase the records are in (a codes table derived from that phase's teacher or data)."""
     split = training.train_and_valid if training.lead["phase"] == "refit" else training.data.train
     configs = [member.config for member in training.members]
-    return training.run.init_state(members.derived_tables(configs, training.data, split, training.teacher))
+    state = training.run.init_state(members.derived_tables(configs, training.data, split, training.teacher))
+    if training.config.stage == "student" and training.config.model.get("init_from_teacher", False):
+        state = training.run.with_teacher_body(state)
+    return state
 
 
 def adopt_select_records(training: Training) -> None:

@@ -16,11 +16,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from rec_kd import compress, evaluation
 from rec_kd import data as data_lib
-from rec_kd import evaluation
+from rec_kd.compress import codes
 from rec_kd.defaults import ConfigError
 from rec_kd.experiments.runs import Teacher
-from rec_kd.compress import codes
 from rec_kd.models import DistillHeads, build_model, table_kind
 from rec_kd.train import step
 from rec_kd.train.sharding import Placement
@@ -117,6 +117,10 @@ class Run:
     take_member: Any  # (tree, i) -> member i's model state
     stack_members: Any  # (*trees) -> the run's state from every member's
 
+    def with_teacher_body(self, state):
+        """`state` with every model parameter outside the item table taken from the teacher (model.init_from_teacher)."""
+        return with_teacher_body(state, self.teacher_params, self.stack_members)
+
     def step(self, state, batch: dict[str, jax.Array]):
         return self.train_step(state, batch, self.constants, self.teacher_params, self.members)
 
@@ -199,7 +203,9 @@ def derived_tables(configs: Sequence, data: data_lib.SessionData, split: data_li
     if options.source == "teacher":
         vectors = teacher_vectors(teacher, data.num_items, spec.dim)
     else:
-        sessions = [np.append(items[:length], target) for items, length, target in zip(split.items, split.lengths, split.targets, strict=True)]
+        sessions = [
+            np.append(items[:length], target) for items, length, target in zip(split.items, split.lengths, split.targets, strict=True)
+        ]
         vectors = codes.svd_item_vectors(sessions, data.num_items, spec.dim, int(config.seed))
     counted = np.concatenate([split.items[np.arange(split.items.shape[1])[None, :] < split.lengths[:, None]], split.targets])
     weights = np.bincount(counted, minlength=data.num_items + 1)[1 : data.num_items + 1].astype(np.float64)
@@ -209,7 +215,9 @@ def derived_tables(configs: Sequence, data: data_lib.SessionData, split: data_li
         if options.source == "svd":
             table["codebooks"] = codes.rescaled(table["codebooks"], spec, table["codes"], config.model.hidden_dim**-0.5)
         tables.append(table)
-    logging.info("codes table: %d items quantized (%s, source %s) for %d member(s).", data.num_items, spec.method, options.source, len(configs))
+    logging.info(
+        "codes table: %d items quantized (%s, source %s) for %d member(s).", data.num_items, spec.method, options.source, len(configs)
+    )
     if len(tables) == 1:
         return tables[0]
     return jax.tree.map(lambda *xs: np.stack(xs), *tables)
@@ -226,3 +234,23 @@ def teacher_vectors(teacher: Teacher | None, num_items: int, dim: int) -> np.nda
             f"the student needs {num_items + 1} x {dim} (model.hidden_dim); train the teacher at the student's width"
         )
     return table[1:]
+
+
+def with_teacher_body(state, teacher_params, stack_members):
+    """The state with its model's non-table parameters replaced by the teacher's (same shapes), for every member."""
+    count = member_count(state)
+    model = dict(state["params"]["model"])
+    body = {name: value for name, value in teacher_params.items() if name not in compress.TABLE_PARAM_NAMES}
+    for name, value in body.items():
+        mine = jax.tree.map(lambda leaf: leaf.shape[1:] if count > 1 else leaf.shape, model.get(name))
+        theirs = jax.tree.map(lambda leaf: leaf.shape, value)
+        if mine != theirs:
+            raise ConfigError(f"model.init_from_teacher: the teacher's {name!r} is {theirs}, the student's {mine}; train them at one size")
+    # Copies: the state is donated to the step, and the teacher's own buffers must outlive it.
+    model.update(stack_members(*([jax.tree.map(jnp.copy, body)] * count)))
+    return {**state, "params": {**state["params"], "model": model}}
+
+
+def member_count(state) -> int:
+    """Members in a state: its step's leading axis (a single model's step is a scalar)."""
+    return 1 if state["step"].ndim == 0 else int(state["step"].shape[0])
