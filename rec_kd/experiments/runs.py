@@ -170,7 +170,7 @@ NOT_RECIPE = (
 
 # Fields added after runs were made, with the value that gives those runs' numbers: a run whose
 # config.json has no such field ran under this value, so its recipe holds it (no drift to name).
-ADDED_FIELDS = {"model.repeat_bonus": 0.0}
+ADDED_FIELDS = {"model.repeat_bonus": 0.0, "model.copy_bonus": False, "model.init_from_teacher": False}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
