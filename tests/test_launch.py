@@ -1,4 +1,4 @@
-"""launch/reproduce.py --smoke, launch/report.py and launch/compare_tables.py, end to end, into a temporary folder."""
+"""launch/reproduce.py --smoke, launch/report.py and launch/studies/compare_tables.py, end to end, into a temporary folder."""
 
 import json
 import re
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch import compare_tables, report
+from launch import report
+from launch.studies import compare_tables
 from rec_kd import defaults
 from rec_kd.experiments import result_copies, runs
 
@@ -180,7 +181,15 @@ def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path, data_dir):
 
 def test_compressor_grid_runs_each_kind_at_the_budget_and_reports_it(smoke_grid, data_dir, tmp_path):
     root, _ = smoke_grid
-    command = [sys.executable, "-m", "launch.compare_tables", f"--root={root}", f"--data_dir={data_dir}", "--smoke", "--datasets=tmall"]
+    command = [
+        sys.executable,
+        "-m",
+        "launch.studies.compare_tables",
+        f"--root={root}",
+        f"--data_dir={data_dir}",
+        "--smoke",
+        "--datasets=tmall",
+    ]
     # The select protocol (half the refit one's training): this tests the grid, not the protocol.
     kinds = ["--kinds=qr,mixed_dim,hash", "--objectives=ce", "--budgets=main,x100", "--protocol=select"]
     result = subprocess.run([*command, *kinds], cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -1,6 +1,6 @@
 """rec_kd.experiments.runs.config_drift: a run made under another recipe than the one about to resume it is named, field by field.
 
-launch/reproduce.py, launch/sweep.py and launch/compare_tables.py check a run through
+launch/reproduce.py, launch/sweep.py and launch/studies/compare_tables.py check a run through
 sweeps.check_recipe (their recipe resolved for the catalogue first); rec_kd.main through
 loop.check_resumed_recipe.
 """

@@ -1,10 +1,10 @@
-"""launch.xla_trace: XLA op times per component, from synthetic and real jax.profiler traces."""
+"""launch.studies.xla_trace: XLA op times per component, from synthetic and real jax.profiler traces."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from launch import xla_trace
+from launch.studies import xla_trace
 
 
 def _complete(name, ts, dur, hlo_op=None):

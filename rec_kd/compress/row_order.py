@@ -9,7 +9,7 @@ distinct rows, padding id 0 first.
 - shuffled_item_rows: a seeded random map, independent of the data: the model's
   `table.row_order='shuffled'` (SeqRecModel.item_rows).
 - popularity_rows, spread_rows: maps from the train split's clicks, measured by
-  launch/row_order_probe.py; not model options.
+  launch/studies/row_order_probe.py; not model options.
 - clustered_rows: a map from a trained model's item embeddings (the teacher's), so that items
   close in that space share first-core rows: the model's `table.row_order='clustered'`, whose map
   a run computes once from its teacher's select-phase table and keeps in its config.json

@@ -284,7 +284,7 @@ def drift_since_training(workdir: str, expected: ml_collections.ConfigDict, laun
 def config_drift(workdir: str, expected: ml_collections.ConfigDict, launcher: str = "the grid") -> list[str]:
     """Where the run recorded in `workdir`/config.json differs from `expected` (resolved), field by field.
 
-    Why: a launcher (launch/reproduce.py, launch/sweep.py, launch/compare_tables.py) skips a
+    Why: a launcher (launch/reproduce.py, launch/sweep.py, launch/studies/compare_tables.py) skips a
     finished run and resumes an unfinished one, and `rec_kd.main` resumes whatever workdir it is
     given, so after a default changed (a new early-stopping rule, say) they would silently mix
     runs of two recipes, or two recipes in one run. Every field of `recipe` is compared, so

@@ -1,4 +1,4 @@
-"""Metrics of trained models by kind of target: in time, and repeat or not (flag-free; CLI: launch/target_groups.py).
+"""Metrics of trained models by kind of target: in time, and repeat or not (flag-free; CLI: launch/studies/target_groups.py).
 
 SR-GNN files list sessions in time order, and valid holds the most recent training sessions
 (docs/method.md, "Validation under drift"). A refit on train + valid gains most on the test targets

@@ -1,6 +1,6 @@
 """HR@20 / MRR@20 of trained models by kind of target: where it stands in time, and whether the session already holds it.
 
-  python -m launch.target_groups --data_dir=../shared/data --dataset=tmall \\
+  python -m launch.studies.target_groups --data_dir=../shared/data --dataset=tmall \\
       --model=/work/runs/odrec/tmall/teacher_s0:select --model=/work/runs/odrec/tmall/teacher_s0:best
 
 The groups and why: rec_kd/experiments/target_groups.py. On test: new_in_valid, rising, steady and unseen,

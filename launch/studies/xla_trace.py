@@ -1,6 +1,6 @@
 """Reading a jax.profiler trace of jitted programs on the CPU: milliseconds per XLA operation.
 
-`launch.profile_step --trace_dir` uses it. What an operation's time means: the wall time of one
+`launch.studies.profile_step --trace_dir` uses it. What an operation's time means: the wall time of one
 thunk on its executor thread. Thunks that XLA runs concurrently overlap, and an asynchronous one
 (an Eigen `dot`) shows only its launch, its work landing in whatever runs beside it, so read
 these times for where a step's time goes, not as a sum. No flags here, so tests import it freely.

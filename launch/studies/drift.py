@@ -1,6 +1,6 @@
 """How much does Tmall drift? One epoch of the teacher on the first vs the last N training examples.
 
-  python -m launch.drift --data_dir=../shared/data --workdir=/tmp/drift [--num_examples=60000]
+  python -m launch.studies.drift --data_dir=../shared/data --workdir=/tmp/drift [--num_examples=60000]
 
 Both runs see the same number of examples and steps; only their place in time differs (SR-GNN
 files list sessions in time order). Prints one JSON object with each run's test HR@20 / MRR@20

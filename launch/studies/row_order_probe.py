@@ -1,6 +1,6 @@
 """How much of the teacher can the student's table hold, under each item -> row order? A probe, no training.
 
-  python -m launch.row_order_probe --data_dir=../shared/data --dataset=tmall \\
+  python -m launch.studies.row_order_probe --data_dir=../shared/data --dataset=tmall \\
       --teacher=/work/runs/odrec/tmall/teacher_s0 --orders=id,shuffled,popularity,spread
 
 For each order, fits the cores of the dataset's main STTD table (configs/DATASET.py:student) to

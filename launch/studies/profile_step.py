@@ -1,6 +1,6 @@
 """Where a train step's time goes: its components at a dataset's shapes (Tmall's by default), timed interleaved in one process.
 
-  python -m launch.profile_step --data_dir=../shared/data --stage=teacher [--batch_sizes=100 --trials=5 --num_batches=40]
+  python -m launch.studies.profile_step --data_dir=../shared/data --stage=teacher [--batch_sizes=100 --trials=5 --num_batches=40]
 
 Every component runs over the same `num_batches` training batches in the trainer's order (the
 real mix of length buckets, each bucket at least once). Trials are interleaved (A, B, C, A, B, C,
@@ -11,7 +11,7 @@ step), so the shares do not add up to 100%. docs/performance.md reads these numb
 
 With --trace_dir, one more pass of the --traced_components runs under `jax.profiler` (a Perfetto
 trace is written there, for ui.perfetto.dev), and the XLA operations that took longest in each
-are printed, by name and by kind (the name without its numeric suffix); `launch.xla_trace` says
+are printed, by name and by kind (the name without its numeric suffix); `launch.studies.xla_trace` says
 how to read those times.
 """
 
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from launch import bench, xla_trace
+from launch import bench
+from launch.studies import xla_trace
 from rec_kd import data as data_lib
 from rec_kd import defaults
 from rec_kd.models import DistillHeads, build_model

@@ -1,7 +1,7 @@
 """Our teacher step against an eager PyTorch teacher step, side by side in one process; prints one JSON object.
 
   pip install torch==2.13.0   # CPU build; not a dependency of rec_kd
-  python -m launch.bench_torch --data_dir=../shared/data [--torch_batch_sizes=100,1024] [--seconds=20]
+  python -m launch.studies.bench_torch --data_dir=../shared/data [--torch_batch_sizes=100,1024] [--seconds=20]
 
 Why: issue 12 asks how our teacher step compares with the authors' PyTorch one on the same machine,
 and absolute figures from different machines cannot be compared. The authors' code
