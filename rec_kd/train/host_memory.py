@@ -21,7 +21,8 @@ launch.bench's six programs up to batch 1,024 (docs/performance.md).
 
 glibc reads GLIBC_TUNABLES only when a process starts, and calling mallopt(3) later does not move
 threads off the arenas they already use. So the entry points (rec_kd.main, launch.bench,
-launch.studies.profile_step, launch.studies.bench_torch) call `restart_with_tunables()` first: it re-executes the same command once with TUNABLES added. Set
+launch.studies.profile_step, launch.studies.bench_torch) call `restart_with_tunables()` first:
+it re-executes the same command once with TUNABLES added. Set
 REC_KD_KEEP_FREED_MEMORY=0 to opt out; a GLIBC_TUNABLES that already sets any glibc.malloc option
 is left as the user wrote it. Elsewhere than glibc (macOS, musl) nothing happens, and neither does
 it where JAX will pick an accelerator (a PJRT plugin or libtpu is installed and JAX_PLATFORMS does
