@@ -27,6 +27,10 @@ protocol"). 'select' reports the validation-selected model itself.
 
 Rows (students distil the dataset's seed-0 teacher):
   teacher   SASRec
+  codes     the codes student: pq, 16 codebooks of 128 from the teacher's table (~29x in bytes),
+            a learned copy bonus, full objective, every seed
+  codes_x100  the same at the pq setting nearest 100x in bytes
+  codes_svd the codes row with codes from a truncated SVD of the training sessions (RecJPQ; no teacher table)
   main      STTD at the paper's setting (Tmall ~27x, RetailRocket ~31x), full objective, every seed
   x100      STTD at the main factors, the rank nearest 100x
   x300      STTD K=3, the largest equal rank giving >= 300x
@@ -46,14 +50,17 @@ import ml_collections
 from absl import app, flags, logging
 
 from rec_kd import defaults
-from rec_kd.compress import sttd
+from rec_kd.compress import codes, sttd
 from rec_kd.data import load_dataset
 from rec_kd.experiments import result_copies, runs
 from rec_kd.experiments.runs import read_run_config
 from rec_kd.train import loop, sweeps
 
-ROWS = ("teacher", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
-SEEDED_ROWS = ("teacher", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
+ROWS = ("teacher", "codes", "codes_x100", "codes_svd", "main", "x100", "x300", "ce", "kd", "kd_cl", "tt", "dense")
+SEEDED_ROWS = ("teacher", "codes", "main")  # rows run with every seed (the teacher only for seed 0 unless asked)
+# The codes student (docs/findings.md, "Codes"): pq codes of the teacher's table and a learned copy bonus.
+# ~30x: 16 codebooks of 128 (Tmall 29.1x in bytes); x100: the pq setting whose bytes are nearest 100x.
+CODES_OPTIONS = {"method": "pq", "num_codebooks": 16, "codebook_size": 128, "source": "teacher"}
 
 _ROOT = flags.DEFINE_string("root", None, "Folder for every run's workdir (outside the repository).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding the dataset folders.")
@@ -133,6 +140,22 @@ def tt_spec(main: sttd.STTDSpec) -> sttd.STTDSpec:
     return sttd.spec_from_options(main.num_rows, main.dim, sttd.budget_options(main.num_rows, main.dim, sttd.num_params(main), factors))
 
 
+def codes_x100_options(num_items: int, dim: int = 128) -> dict:
+    """The pq setting (codebooks dividing d, sizes 16 to 256) whose table bytes are nearest 100x the fp32 table's."""
+    dense_bytes = 4 * (num_items + 1) * dim
+    settings = [(m, k) for m in range(1, dim + 1) if dim % m == 0 for k in (16, 32, 64, 128, 256)]
+
+    def distance(setting):
+        return abs(dense_bytes / codes.CodesSpec(num_items + 1, dim, setting[0], setting[1], "pq").num_bytes() - 100)
+
+    num_codebooks, codebook_size = min(settings, key=distance)
+    return {**CODES_OPTIONS, "num_codebooks": num_codebooks, "codebook_size": codebook_size}
+
+
+def codes_overrides(options: dict) -> tuple[str, ...]:
+    return tuple(f"--config.table.codes.{name}={value}" for name, value in options.items()) + ("--config.model.copy_bonus=True",)
+
+
 def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, root: str, refit: bool = True) -> list[RunSpec]:
     main = main_spec(dataset, num_items)
     tables = {
@@ -145,16 +168,19 @@ def grid(dataset: str, num_items: int, rows, seeds, smoke: bool, data_dir: str, 
         "tt": tt_spec(main),
         "dense": main,  # moot: a dense table ignores the STTD fields
     }
+    codes_rows = {"codes": CODES_OPTIONS, "codes_x100": codes_x100_options(num_items), "codes_svd": {**CODES_OPTIONS, "source": "svd"}}
     variants = {"main": "full", "x100": "full", "x300": "full", "ce": "ce", "kd": "kd", "kd_cl": "kd_cl", "tt": "tt", "dense": "dense"}
     teacher_dir = os.path.join(root, dataset, "teacher_s0")
     common = (f"--config.data_dir={data_dir}",) + (SMOKE_OVERRIDES if smoke else ())
     common += ("--config.train.refit_on_valid=True",) if refit else ()
     runs = []
     for row in rows:
-        for seed in seeds if row == "main" else [0]:
-            words = ["teacher"] if row == "teacher" else ["student", variants[row]]
+        for seed in seeds if row in ("main", "codes") else [0]:
+            words = ["teacher"] if row == "teacher" else ["student", "codes" if row in codes_rows else variants[row]]
             overrides = common + (f"--config.seed={seed}",)
-            if row != "teacher":
+            if row in codes_rows:
+                overrides += (f"--config.teacher_workdir={teacher_dir}",) + codes_overrides(codes_rows[row])
+            elif row != "teacher":
                 overrides += (f"--config.teacher_workdir={teacher_dir}",) + table_overrides(tables[row])
             runs.append(RunSpec(dataset, row, seed, ",".join(words + (["smoke"] if smoke else [])), overrides))
     return runs

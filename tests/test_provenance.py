@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from rec_kd.train.loop import git_commit
+from rec_kd.train.prepare import git_commit
 
 
 def git(repo, *args):
@@ -83,7 +83,7 @@ def test_a_student_names_the_training_of_its_teacher_and_the_report_prints_it(tm
 
 
 def test_a_teacher_is_the_same_by_checkpoint_step_and_digest_where_recorded():
-    from rec_kd.train.loop import same_teacher
+    from rec_kd.train.records import same_teacher
 
     used = {"checkpoint": "select", "step": 8712, "digest": "aa"}
     assert same_teacher(dict(used), used)

@@ -21,7 +21,7 @@ from rec_kd import checkpointing, defaults
 from rec_kd.compress import row_order
 from rec_kd.data import load_configured
 from rec_kd.experiments import runs
-from rec_kd.train import loop
+from rec_kd.train import loop, prepare
 from tests.test_members import assert_same_metrics, small_config, train_losses
 
 pytestmark = pytest.mark.slow
@@ -189,11 +189,11 @@ def test_a_clustered_student_keeps_the_rows_of_its_select_phase_teacher_in_both_
     again = refit_config("student", teacher_workdir=str(tmp_path / "no_teacher"))
     again.table.row_order, again.table.row_order_seed = "clustered", 3
     again.table.item_factors = factors
-    loop.fill_clustered_rows(again, str(workdir), None, {})
+    prepare.fill_clustered_rows(again, str(workdir), None, {})
     assert again.table.item_rows == recorded
     with pytest.raises(defaults.ConfigError, match="no teacher config"):  # a new run needs the teacher
         again.table.item_rows = ""
-        loop.fill_clustered_rows(again, str(tmp_path / "new"), load_configured(again), {})
+        prepare.fill_clustered_rows(again, str(tmp_path / "new"), load_configured(again), {})
 
 
 def test_clustered_members_share_one_map_and_members_on_different_maps_are_refused(refit_teachers, tmp_path):
@@ -224,7 +224,7 @@ def test_clustered_members_share_one_map_and_members_on_different_maps_are_refus
     given = configs[0].copy_and_resolve_references()
     given.table.item_factors, given.table.item_rows = factors, row_order.encode_item_rows(other)
     with pytest.raises(defaults.ConfigError, match="trained on another item -> row map than the table.item_rows given"):
-        loop.fill_clustered_rows(given, str(workdirs[0]), None, {})
+        prepare.fill_clustered_rows(given, str(workdirs[0]), None, {})
 
 
 # A refit needs only its select record: a run whose select phase ended on another machine refits here.

@@ -2,7 +2,7 @@
 
 launch/reproduce.py, launch/sweep.py and launch/studies/compare_tables.py check a run through
 sweeps.check_recipe (their recipe resolved for the catalogue first); rec_kd.main through
-loop.check_resumed_recipe.
+prepare.check_resumed_recipe.
 """
 
 import json
@@ -13,7 +13,7 @@ import pytest
 from launch import reproduce
 from rec_kd import defaults
 from rec_kd.experiments import runs
-from rec_kd.train import loop, sweeps
+from rec_kd.train import prepare, sweeps
 
 
 def write_run_config(workdir, config_dict: dict) -> None:
@@ -168,7 +168,7 @@ def test_only_the_kinds_own_fields_are_compared_under_their_config_paths(tmp_pat
 def test_resuming_a_started_run_under_another_recipe_is_refused_before_anything_is_written(tmp_path):
     config = defaults.get_config("ml-100k", "teacher")
     workdirs = [tmp_path / "a", tmp_path / "b"]
-    loop.write_configs([config, config], [str(w) for w in workdirs], ML100K)  # fresh runs
+    prepare.write_configs([config, config], [str(w) for w in workdirs], ML100K)  # fresh runs
     recorded = [(w / "config.json").read_text() for w in workdirs]
     for workdir in workdirs:
         (workdir / "checkpoints" / "latest" / "10").mkdir(parents=True)  # they trained
@@ -178,7 +178,7 @@ def test_resuming_a_started_run_under_another_recipe_is_refused_before_anything_
     faster.train.learning_rate = 0.01
     refused = r"b/config.json: the run there started under another recipe \(train.learning_rate: ran 0.002, this command runs 0.01\)"
     with pytest.raises(defaults.ConfigError, match=refused):
-        loop.write_configs([quieter, faster], [str(w) for w in workdirs], ML100K)
+        prepare.write_configs([quieter, faster], [str(w) for w in workdirs], ML100K)
     assert [(w / "config.json").read_text() for w in workdirs] == recorded  # member a's too
-    loop.write_configs([quieter, quieter], [str(w) for w in workdirs], ML100K)  # only an interval changed: resumes
+    prepare.write_configs([quieter, quieter], [str(w) for w in workdirs], ML100K)  # only an interval changed: resumes
     assert json.loads((workdirs[1] / "config.json").read_text())["train"]["log_every_steps"] == 1

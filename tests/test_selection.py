@@ -1,9 +1,9 @@
-"""Epoch selection on valid (rec_kd.train.loop.update_selection): the minimum improvement and patience."""
+"""Epoch selection on valid (rec_kd.train.records.update_selection): the minimum improvement and patience."""
 
 import ml_collections
 
 from rec_kd import defaults
-from rec_kd.train import loop
+from rec_kd.train import records
 
 # The Tmall teacher's valid HR@20 after epochs 1..10 of its select phase (commit 3013738, docs/method.md).
 TMALL_TEACHER_VALID = [0.2982, 0.3370, 0.3494, 0.3450, 0.3495, 0.3409, 0.3481, 0.3513, 0.3470, 0.3471]
@@ -17,7 +17,7 @@ def select(valid_hr: list[float], min_delta: float, patience: int) -> tuple[int,
     record = {"best": None, "evals_since_best": 0}
     for epoch, hr in enumerate(valid_hr, start=1):
         entry = {"step": 100 * epoch, "epoch": epoch, "valid": {"hr@20": hr}}
-        if loop.update_selection(record, entry, train_config, state=None, selected_checkpoints=[]):
+        if records.update_selection(record, entry, train_config, state=None, selected_checkpoints=[]):
             return record["best"]["epoch"], epoch
     return record["best"]["epoch"], len(valid_hr)
 

@@ -12,14 +12,14 @@ import types
 import jax
 import numpy as np
 
-from rec_kd.train import loop
+from rec_kd.train import loop, records
 from rec_kd.train.metric_writer import MetricWriter
 
 FETCH_SECONDS = 0.3  # how long the stand-in fetch waits, as for steps still running
 
 
 def one_member_training(workdir) -> types.SimpleNamespace:
-    record = loop.new_record()
+    record = records.new_record()
     member = types.SimpleNamespace(record=record, writer=MetricWriter(str(workdir)))
     return types.SimpleNamespace(members=[member], lead=record)
 

@@ -41,6 +41,12 @@ _REPEAT_BONUS = flags.DEFINE_list(
     "Score every model with each of these model.repeat_bonus values instead of its own (the ranking's bonus for the "
     "session's own items, docs/method.md part 4); empty: each model's own.",
 )
+_QUANTIZED = flags.DEFINE_string(
+    "quantized_table",
+    "",
+    "METHOD:CODEBOOKS:SIZE (e.g. pq:16:128): also score each dense-table model with its item table replaced by its "
+    "frequency-weighted quantization, untrained (what a codes student starts from).",
+)
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Optional path for the numbers as JSON.")
 
 
@@ -52,6 +58,7 @@ def main(argv):
         models = [groups_lib.parse_model(spec) for spec in _MODELS.value]
         labels = groups_lib.model_labels(models)
         bonuses = groups_lib.parse_bonuses(_REPEAT_BONUS.value)
+        quantized = groups_lib.parse_quantized(_QUANTIZED.value)
     except ConfigError as error:
         sys.exit(str(error))
     data = data_lib.load_dataset(_DATASET.value, _DATA_DIR.value, valid_fraction=_VALID_FRACTION.value)
@@ -68,9 +75,17 @@ def main(argv):
             trained = runs.load_trained(workdir, data.num_items, checkpoint=checkpoint)
         except ConfigError as error:
             sys.exit(str(error))
-        for bonus, variant in groups_lib.with_repeat_bonuses(trained, bonuses):
-            name = label if bonus is None else f"{label} bonus {bonus:g}"
-            results[name] = groups_lib.group_metrics(groups_lib.ranks_on_split(variant, split, _BATCH_SIZE.value), groups)
+        scored = [(label, trained)]
+        if quantized:
+            # Counts in the splits the model trained on: train, and valid too for a refit model.
+            seen = [data.train, data.valid] if trained.refit else [data.train]
+            counts = sum(data_lib.session_data.split_item_counts(part, data.num_items) for part in seen)
+            num_bytes, quantized_model = groups_lib.with_quantized_table(trained, counts, quantized)
+            scored.append((f"{label} quantized {_QUANTIZED.value} ({num_bytes:,} bytes)", quantized_model))
+        for name_base, model in scored:
+            for bonus, variant in groups_lib.with_repeat_bonuses(model, bonuses):
+                name = name_base if bonus is None else f"{name_base} bonus {bonus:g}"
+                results[name] = groups_lib.group_metrics(groups_lib.ranks_on_split(variant, split, _BATCH_SIZE.value), groups)
     print(
         f"{_SPLIT.value} HR@20 / MRR@20 by target group ({data.name}, valid_fraction={_VALID_FRACTION.value}, "
         f"rising_factor={_RISING_FACTOR.value}; each group's share of the examples in brackets)"

@@ -241,3 +241,12 @@ def dataset_statistics(data: SessionData) -> dict:
         "num_hot_items": data.num_hot_items,
         "hot_click_share": round(hot_count / total_count, 4) if total_count else 0.0,
     }
+
+
+def split_item_counts(split: Split, num_items: int) -> np.ndarray:
+    """(N + 1,) how often each item occurs in a split's examples: its prefixes' real positions and its targets.
+
+    What a codes table's k-means weights items by (the phase's training split: train, or train + valid).
+    """
+    real = np.arange(split.items.shape[1])[None, :] < split.lengths[:, None]
+    return np.bincount(np.concatenate([split.items[real], split.targets]), minlength=num_items + 1).astype(np.int64)

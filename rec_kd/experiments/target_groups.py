@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from rec_kd import evaluation
+from rec_kd.compress import codes, dense
 from rec_kd.data import session_data
 from rec_kd.defaults import ConfigError
 from rec_kd.experiments import runs
@@ -134,6 +135,37 @@ def with_repeat_bonuses(trained: runs.TrainedModel, bonuses: list[float]) -> lis
     if not bonuses:
         return [(None, trained)]
     return [(bonus, dataclasses.replace(trained, model=trained.model.clone(repeat_bonus=bonus))) for bonus in bonuses]
+
+
+def parse_quantized(text: str) -> tuple[str, int, int] | None:
+    """'pq:16:128' -> ('pq', 16, 128): method, codebooks and codebook size of --quantized_table; '' -> None."""
+    if not text:
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in codes.METHODS or not all(part.isdigit() for part in parts[1:]):
+        raise ConfigError(f"--quantized_table={text!r}: expected METHOD:CODEBOOKS:SIZE with METHOD in {codes.METHODS}, e.g. pq:16:128")
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def with_quantized_table(trained: runs.TrainedModel, counts: np.ndarray, quantized: tuple[str, int, int], seed: int = 0):
+    """(bytes, the dense-table model scored with its item table replaced by its own quantization), untrained.
+
+    The table is quantized as a codes student's start quantizes its teacher (members.derived_tables:
+    k-means weighted by `counts`, the items' counts in the splits the model trained on; 25
+    iterations, beam 8, `seed`), so this is what a codes table holds before any training.
+    """
+    if trained.model.table_spec is not None:
+        raise ConfigError(
+            f"--quantized_table: {trained.workdir} has a {type(trained.model.spec).__name__} table; quantize dense tables only"
+        )
+    method, num_codebooks, codebook_size = quantized
+    table = np.asarray(trained.params[dense.PARAM_NAME])
+    spec = codes.CodesSpec(table.shape[0], table.shape[1], num_codebooks, codebook_size, method)
+    derived = codes.quantize_table(spec, table[1:], counts[1:].astype(np.float64), 25, seed, 8)
+    quantized_table = np.array(spec.materialize(derived))  # a writable copy
+    quantized_table[0] = table[0]  # the padding row is never scored nor read at a real position
+    params = {**trained.params, dense.PARAM_NAME: quantized_table}
+    return spec.num_bytes(), dataclasses.replace(trained, params=params)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -225,7 +225,7 @@ def row_map(config, num_items: int) -> str:
     if not text:
         raise ConfigError(
             "table.row_order='clustered' needs table.item_rows, the map the trainer computes from the teacher's "
-            "select-phase table when the run starts (rec_kd.train.loop.fill_clustered_rows); this config has none"
+            "select-phase table when the run starts (rec_kd.train.prepare.fill_clustered_rows); this config has none"
         )
     try:
         decode_item_rows(text, num_items, math.prod(config.table.item_factors))

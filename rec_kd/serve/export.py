@@ -276,6 +276,42 @@ def as_numpy_tree(tree):
     return array if np.issubdtype(array.dtype, np.integer) else array.astype(np.float32)  # a codes table's codes stay integers
 
 
+def top_k_outputs(g: GraphBuilder, model, params: dict, session: str, table: str | None, cores, row_of: str | None, num_items: int, k: int):
+    """The graph's outputs: the top-k items 1..N (OUTPUT_IDS) and their scores (OUTPUT_SCORES) for (B, d) sessions.
+
+    `table` is the materialised (rows, d) table, or None for factored scoring from `cores`; `row_of`
+    the item -> row map constant, if any. The learned copy and the repeat bonus are added here.
+    """
+    spec, length = model.spec, model.max_len
+    factored = table is None
+    if not factored:
+        scores = g.op("Gemm", session, table, transB=1)  # (B, rows of the table)
+    else:
+        scores = factored_scores(g, cores, spec, session)  # (B, P)
+    if row_of is not None and factored:
+        # Factored scores come in table-row order: take items 1..N's rows, in item order.
+        real_rows = g.op(
+            "Slice", row_of, g.constant(np.asarray([1], np.int64)), g.constant(np.asarray([num_items + 1], np.int64))
+        )  # (N,): the map is stored once
+        real = g.op("Gather", scores, real_rows, axis=1)  # (B, N)
+    else:
+        # Candidates are items 1..N: the padding row and rows past num_items are cut off here.
+        real = g.op(
+            "Slice",
+            scores,
+            g.constant(np.asarray([1], np.int64)),
+            g.constant(np.asarray([num_items + 1], np.int64)),
+            g.constant(np.asarray([1], np.int64)),
+        )  # (B, N)
+    # The learned copy bonus (in the scores) and the ranking-only repeat bonus act alike on the session's items.
+    bonus = model.repeat_bonus + (float(params["copy_bonus"]) if getattr(model, "copy_bonus", False) else 0.0)
+    if bonus:
+        real = g.op("Add", real, session_item_bonus(g, num_items, bonus, length))  # what the model ranks by
+    top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
+    g.nodes.append(helper.make_node("TopK", [real, g.constant(np.asarray([k], np.int64))], [top_scores, top_index], axis=-1))
+    g.op("Add", top_index, g.constant(np.int64(1)), out=OUTPUT_IDS)
+
+
 def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str | None) -> onnx.GraphProto:
     """The ONNX graph of a SeqRecModel with `params` (a flax params dict) answering top-k."""
     if mode not in MODES:
@@ -311,7 +347,7 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         table, cores = None, sttd.onnx_core_names(g, sttd.core_list(params[spec.param_name]))
         embedded = factored_lookup(g, cores, spec, items if row_of is None else g.op("Gather", row_of, items, axis=0))
     else:
-        table = spec.onnx_table(g, params[spec.param_name])  # (rows, d): the stored weights, folded at load
+        cores, table = None, spec.onnx_table(g, params[spec.param_name])  # (rows, d): the stored weights, folded at load
         if row_of is not None:
             table = g.op("Gather", table, row_of, axis=0)  # (N + 1, d), in item order
         embedded = g.op("Gather", table, items, axis=0)
@@ -327,32 +363,7 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         summary_vector = g.reduce_sum(g.op("Mul", x, g.op("Cast", is_summary, to=TensorProto.FLOAT)), 1, keepdims=0)
     session = soft_attention_readout(g, x, mask, params["readout"], summary_vector)  # (B, d)
 
-    if table:
-        scores = g.op("Gemm", session, table, transB=1)  # (B, rows of the table)
-    else:
-        scores = factored_scores(g, cores, spec, session)  # (B, P)
-    if row_of is not None and factored:
-        # Factored scores come in table-row order: take items 1..N's rows, in item order.
-        real_rows = g.op(
-            "Slice", row_of, g.constant(np.asarray([1], np.int64)), g.constant(np.asarray([num_items + 1], np.int64))
-        )  # (N,): the map is stored once
-        real = g.op("Gather", scores, real_rows, axis=1)  # (B, N)
-    else:
-        # Candidates are items 1..N: the padding row and rows past num_items are cut off here.
-        real = g.op(
-            "Slice",
-            scores,
-            g.constant(np.asarray([1], np.int64)),
-            g.constant(np.asarray([num_items + 1], np.int64)),
-            g.constant(np.asarray([1], np.int64)),
-        )  # (B, N)
-    # The learned copy bonus (in the scores) and the ranking-only repeat bonus act alike on the session's items.
-    bonus = model.repeat_bonus + (float(params["copy_bonus"]) if getattr(model, "copy_bonus", False) else 0.0)
-    if bonus:
-        real = g.op("Add", real, session_item_bonus(g, num_items, bonus, length))  # what the model ranks by
-    top_scores, top_index = f"{OUTPUT_SCORES}", g.fresh("top_index")
-    g.nodes.append(helper.make_node("TopK", [real, g.constant(np.asarray([k], np.int64))], [top_scores, top_index], axis=-1))
-    g.op("Add", top_index, g.constant(np.int64(1)), out=OUTPUT_IDS)
+    top_k_outputs(g, model, params, session, table, cores, row_of, num_items, k)
 
     inputs = [
         helper.make_tensor_value_info(INPUT_ITEMS, TensorProto.INT32, ["batch", length]),

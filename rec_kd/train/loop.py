@@ -3,8 +3,9 @@
 This file is the story of a run, read top to bottom: set up (data, teacher, the jitted program),
 resume, train an epoch, evaluate and select at its end, refit on train + valid if asked, stop on
 preemption, finish (results.json). The pure step it drives is in `step.py`, the member stack and
-its jitted program in `members.py`, the mesh in `sharding.py`, a finished run read back in
-`runs.py`, the results in `results.py`.
+its jitted program in `members.py`, the mesh in `sharding.py`, the workdir's preparation in
+`prepare.py`, the run record and selection in `records.py`; a finished run is read back by
+rec_kd/experiments/runs.py and reported by rec_kd/experiments/results.py.
 
 Every run is a stack of N >= 1 *members* trained by one `jax.vmap`ped step:
 `train_members(configs, workdirs)` trains models whose configs differ only in
@@ -16,74 +17,23 @@ is the N = 1 case.
 import dataclasses
 import json
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from rec_kd import checkpointing, evaluation
 from rec_kd import data as data_lib
-from rec_kd.compress import row_order
 from rec_kd.defaults import ConfigError
 from rec_kd.experiments import result_copies, results, runs
-from rec_kd.models import resolve_table_config, sasrec
-from rec_kd.train import members
+from rec_kd.train import members, prepare, records
 from rec_kd.train.metric_writer import MetricWriter, quiet_library_logs
 from rec_kd.train.sharding import Placement, check_batch_sizes
 
-# ----------------------------------------------------------------------------------------------
-# The run record: what a checkpoint's meta holds, so a resumed run ends exactly like an unbroken one.
-# ----------------------------------------------------------------------------------------------
-
-
-def new_record() -> dict:
-    return {
-        "phase": "select",  # 'select' (train on train, select on valid), then optionally 'refit'
-        "select_done": False,  # this member's selection has ended (it waits for the others to start the refit)
-        "step": 0,  # optimizer steps taken, over both phases
-        "epoch": 0,  # epoch in progress (of the current phase)
-        "batch_in_epoch": 0,  # next batch of that epoch
-        "history": [],  # one entry per evaluation: step, epoch, valid, test, test_cold, losses
-        "best": None,  # the history entry selected on validation
-        "refit_history": [],  # refit phase: one entry per evaluation (test only)
-        "evals_since_best": 0,
-        "epoch_loss_sums": {},  # running sums of this epoch's training losses
-        "epoch_loss_steps": 0,
-        "train_examples": 0,
-        "train_seconds": 0.0,
-        "finished": False,
-        "commits": [],  # the code version of every process that trained this run, in order
-        "teachers": {},  # students: phase -> the teacher model it distilled from ({'checkpoint', 'step', 'digest'})
-        "refit_params_digest": None,  # refit runs: checkpointing.params_digest of the refit model (best/ at the end)
-        "refit_from_record": None,  # the select_record.json this run's refit started from, when no checkpoint held its select phase
-        "refit_teacher_of_record": None,  # from that record: the refit teacher named where the select phase ran
-    }
-
-
-# What a run's numbers depend on. Changes elsewhere (docs, and the results copies a grid writes into
-# docs/results as its runs finish) do not make the code that trains a run "dirty".
-CODE_PATHS = ("rec_kd", "configs", "launch", "setup.py", "requirements.txt")
-
-
-def git_commit(repo: str | None = None) -> str:
-    """HEAD of the checkout holding rec_kd, with '-dirty' when tracked code (CODE_PATHS) differs from it."""
-    repo = repo or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=repo, capture_output=True, text=True
-        )
-        # A status that cannot be read (a locked index) does not pass for clean.
-        return commit + ("-dirty" if status.returncode != 0 or status.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        # A copy of the checkout without .git (e.g. on a lent GPU machine) is told its commit.
-        return os.environ.get("REC_KD_COMMIT", "unknown")
+# The run in progress: its members (each with its run record, rec_kd/train/records.py) and the live state.
 
 
 @dataclasses.dataclass
@@ -135,92 +85,6 @@ class Training:
 # ----------------------------------------------------------------------------------------------
 
 
-def write_configs(configs: Sequence, workdirs: Sequence[str], data: data_lib.SessionData, sharding=None) -> None:
-    """Resolves each member's table for this catalogue and writes its config.json (process 0).
-
-    A workdir that already trained (a checkpoint or results.json) must be resumed under the recipe
-    it started with (check_resumed_recipe), so nothing is written before every member is checked.
-    `sharding`: where a teacher is restored to cluster its table (fill_clustered_rows).
-    """
-    maps = {}  # members share their teacher and table: one clustering for all
-    for member_config, workdir in zip(configs, workdirs, strict=True):
-        resolve_table_config(member_config, data.num_items, data.hot_mask)
-        fill_clustered_rows(member_config, workdir, data, maps, sharding)
-        check_resumed_recipe(workdir, member_config)
-    if len({member_config.table.get("item_rows", "") for member_config in configs}) > 1:
-        # One program reads one map (members.build_run builds the first member's model).
-        raise ConfigError(
-            f"members {list(workdirs)} hold different item -> row maps (table.item_rows, recorded when each started); "
-            "resume them one at a time"
-        )
-    for member_config, workdir in zip(configs, workdirs, strict=True):
-        os.makedirs(workdir, exist_ok=True)
-        if jax.process_index() == 0:  # atomically: the other processes may be reading it in check_resumed_recipe
-            result_copies.write_atomically(
-                os.path.join(workdir, "config.json"), member_config.to_json_best_effort(indent=2, sort_keys=True)
-            )
-
-
-def fill_clustered_rows(config: ml_collections.ConfigDict, workdir: str, data: data_lib.SessionData, maps: dict, sharding=None) -> None:
-    """Under table.row_order='clustered', sets table.item_rows (in place) to the run's item -> row map.
-
-    A run that has trained keeps the map its config.json holds (its parameters were trained on
-    those rows; a different map given for it is an error). A new run clusters its teacher's
-    select-phase table (row_order.clustered_rows, seeded by table.row_order_seed), once for both
-    phases. `maps` caches maps by seed and factors, for members. With several processes, process
-    0 clusters and the others take its rows: the greedy balanced assignment could break a float
-    tie differently on another host, and every process must bake the same rows into the program.
-    """
-    if sasrec.row_order(config) != "clustered":
-        return
-    recorded_config = runs.recorded_config(workdir) if runs.has_trained(workdir) else None
-    if recorded_config is not None:
-        recorded = recorded_config.table.get("item_rows", "")
-        if recorded and config.table.item_rows and config.table.item_rows != recorded:
-            raise ConfigError(
-                f"{workdir}/config.json: the run there trained on another item -> row map than the table.item_rows given; "
-                "resume it without --config.table.item_rows (it keeps its own), or use a new --workdir"
-            )
-        text = recorded  # '' when it trained under another order: check_resumed_recipe names that
-    elif config.table.item_rows:
-        return
-    else:
-        key = (int(config.table.row_order_seed), tuple(config.table.item_factors))
-        if key not in maps:
-            started = time.perf_counter()
-            table = runs.teacher_item_table(config, data, sharding)  # every process: Orbax restores collectively
-            rows = row_order.clustered_rows(table, key[1], seed=key[0]) if jax.process_index() == 0 else np.zeros(len(table), np.int64)
-            if jax.process_count() > 1:
-                rows = np.asarray(multihost_utils.broadcast_one_to_all(rows))
-            maps[key] = row_order.encode_item_rows(rows)
-            logging.info(
-                "Clustered %d items onto %s table rows in %.0f s.",
-                data.num_items,
-                "x".join(map(str, key[1])),
-                time.perf_counter() - started,
-            )
-        text = maps[key]
-    with config.unlocked():
-        config.table.item_rows = text
-
-
-def check_resumed_recipe(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """A ConfigError when `workdir` already trained under another recipe than `config` (resolved).
-
-    Why: resuming would train one run under two recipes (a default changed since it started, or an
-    override was added or forgotten), and its results.json would claim the new one. Fields that do
-    not change numbers (paths, logging and checkpoint intervals) may differ: runs.NOT_RECIPE.
-    """
-    drift = runs.drift_since_training(workdir, config, "this command")
-    if drift:
-        recorded = "config.json" if os.path.exists(os.path.join(workdir, "config.json")) else runs.SELECT_RECORD
-        raise ConfigError(
-            f"{workdir}/{recorded}: the run there started under another recipe ({'; '.join(drift)}); resuming it "
-            "would mix the two. Rerun it with its recorded settings, use a new --workdir, or, to go on under the new "
-            "settings on purpose, write them into its config.json first"
-        )
-
-
 def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | None) -> Training:
     members.check_members(configs, workdirs)
     placement = Placement.over_all_devices()
@@ -229,7 +93,7 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
     data = data if data is not None else data_lib.load_configured(config)
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     steps_per_epoch = data_lib.num_train_batches(data.train, config.train.batch_size, buckets=buckets)
-    write_configs(configs, workdirs, data, placement.replicated)
+    prepare.write_configs(configs, workdirs, data, placement.replicated)
     logging.info(
         "%s: %d items, %d/%d/%d train/valid/test examples, %d steps an epoch, %d devices in %d processes, %d member(s).",
         data.name,
@@ -257,7 +121,7 @@ def set_up(configs: list, workdirs: Sequence[str], data: data_lib.SessionData | 
             select=checkpointing.manager(os.path.join(workdir, "checkpoints", "select"), max_to_keep=1)
             if member_config.train.refit_on_valid
             else None,
-            record=new_record(),
+            record=records.new_record(),
         )
         for member_config, workdir in zip(configs, workdirs, strict=True)
     ]
@@ -279,7 +143,7 @@ def starting_phase(workdir: str) -> str:
 
 def resume(training: Training) -> None:
     """Restores the state and records if a checkpoint exists; records this process's commit."""
-    commit = git_commit()  # now, before any later checkout can change the files on disk
+    commit = prepare.git_commit()  # now, before any later checkout can change the files on disk
     run = training.run
     restored = checkpointing.restore_latest(
         [member.latest for member in training.members], checkpointing.abstract_like(run.take_member(training.state, 0))
@@ -330,7 +194,7 @@ def adopt_select_records(training: Training) -> None:
         if payload is None:
             raise ConfigError(f"{path}: missing, while {present[0]} is there; vmapped members refit together, each from its own record")
     for member, path, payload in zip(training.members, paths, payloads, strict=True):  # its recipe: check_resumed_recipe
-        record = {**new_record(), **payload["record"], "refit_from_record": path}
+        record = {**records.new_record(), **payload["record"], "refit_from_record": path}
         # This machine's refit teacher is named afresh (use_phase_teacher); the recorded one says
         # whether it is the same training as the one the select phase was paired with.
         record["refit_teacher_of_record"] = record["teachers"].get("refit")
@@ -375,7 +239,7 @@ def log_pending(training: Training, pending: list, started: float) -> float:
     examples = sum(count for _, count in pending)
     lead = training.lead
     for i, member in enumerate(training.members):
-        if is_active(member.record):
+        if records.is_active(member.record):
             member_metrics = [{name: value[i] for name, value in metrics.items()} for metrics in fetched]
             member.writer.log_train(lead["step"], lead["epoch"], member_metrics, examples, finished - started, member.record)
     return finished
@@ -439,34 +303,6 @@ def evaluate(training: Training, split: data_lib.Split) -> list[tuple[dict | Non
     return [(evaluation.means_from_sums(t, "all", ks), evaluation.means_from_sums(t, "cold", ks)) for t in member_totals]
 
 
-def update_selection(record: dict, entry: dict, train_config, state, selected_checkpoints: list) -> bool:
-    """Keeps the best-valid evaluation (its parameters in every manager given); True when patience runs out.
-
-    An evaluation counts as better only when it beats the best by more than
-    `train_config.early_stop_min_delta`. With an empty valid split (valid_fraction=0, the authors'
-    setting) the newest evaluation wins.
-    """
-    metric, min_delta = train_config.selection_metric, train_config.early_stop_min_delta
-    if record["best"] is None or entry["valid"] is None or entry["valid"][metric] > record["best"]["valid"][metric] + min_delta:
-        record["best"], record["evals_since_best"] = dict(entry), 0
-        if selected_checkpoints:  # the trainer's: best/ (and select/); the digest names what they hold
-            record["best"]["params_digest"] = checkpointing.params_digest(state["params"]["model"])
-        for checkpoints in selected_checkpoints:
-            checkpointing.save(checkpoints, entry["step"], {"params": state["params"]["model"]}, {"valid": entry["valid"]})
-    else:
-        record["evals_since_best"] += 1
-    patience = train_config.early_stop_patience
-    if patience and record["evals_since_best"] >= patience:
-        logging.info("No validation improvement in %d evaluations: stopping early.", patience)
-        return True
-    return False
-
-
-def is_active(record: dict) -> bool:
-    """Still training in its phase: neither finished nor waiting for the refit."""
-    return not record["finished"] and not done_selecting(record)
-
-
 def member_epochs(member: Member) -> int:
     """Epochs of the member's current phase: the configured count, or in the refit its own selected count."""
     record = member.record
@@ -492,7 +328,7 @@ def evaluate_epoch(training: Training, due: list[bool], stops: list[bool]) -> No
         record["refit_history" if refit else "history"].append(entry)
         if not refit:
             managers = [member.best] + ([member.select] if member.select is not None else [])
-            stops[i] |= update_selection(record, entry, member.config.train, training.run.take_member(training.state, i), managers)
+            stops[i] |= records.update_selection(record, entry, member.config.train, training.run.take_member(training.state, i), managers)
 
 
 def use_phase_teacher(training: Training) -> None:
@@ -512,7 +348,7 @@ def use_phase_teacher(training: Training) -> None:
     used = {"checkpoint": teacher.checkpoint, "step": teacher.step, "digest": teacher.digest}
     for member in training.members:
         started_with = member.record.setdefault("teachers", {}).get(phase)
-        if started_with is not None and not same_teacher(started_with, used):
+        if started_with is not None and not records.same_teacher(started_with, used):
             raise ConfigError(
                 f"{training.config.teacher_workdir}/checkpoints/{teacher.checkpoint}: the teacher is {used}, "
                 f"but this run's {phase} phase started with {started_with}; the teacher changed under a running student"
@@ -527,15 +363,6 @@ def use_phase_teacher(training: Training) -> None:
                 used,
                 member.record["refit_teacher_of_record"],
             )
-
-
-def same_teacher(started_with: dict, used: dict) -> bool:
-    """The same teacher model: checkpoint and step, and the parameters' digest where the run recorded one (since 2026-12-03)."""
-    return (started_with["checkpoint"], started_with["step"], started_with.get("digest", used["digest"])) == (
-        used["checkpoint"],
-        used["step"],
-        used["digest"],
-    )
 
 
 def start_refit(training: Training) -> None:
@@ -568,7 +395,7 @@ def end_epoch(training: Training) -> None:
     for member in training.members:  # the loop position, the same in every record
         member.record["epoch"], member.record["batch_in_epoch"] = member.record["epoch"] + 1, 0
     epoch = training.lead["epoch"]
-    active = [is_active(member.record) for member in training.members]
+    active = [records.is_active(member.record) for member in training.members]
     is_last = [is_training and epoch >= member_epochs(member) for member, is_training in zip(training.members, active, strict=True)]
     due = [is_training and (epoch % config.train.eval_every_epochs == 0 or last) for is_training, last in zip(active, is_last, strict=True)]
     stops = list(is_last)
@@ -590,14 +417,9 @@ def end_epoch(training: Training) -> None:
             record["select_done"] = True
         else:
             record["finished"] = stops[i]
-    if config.train.refit_on_valid and all(done_selecting(member.record) for member in training.members):
+    if config.train.refit_on_valid and all(records.done_selecting(member.record) for member in training.members):
         start_refit(training)
     save_latest(training)
-
-
-def done_selecting(record: dict) -> bool:
-    """In the select phase, with its selection ended (waiting for the refit)."""
-    return record["phase"] == "select" and record.get("select_done", False)
 
 
 # ----------------------------------------------------------------------------------------------

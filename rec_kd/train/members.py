@@ -207,8 +207,7 @@ def derived_tables(configs: Sequence, data: data_lib.SessionData, split: data_li
             np.append(items[:length], target) for items, length, target in zip(split.items, split.lengths, split.targets, strict=True)
         ]
         vectors = codes.svd_item_vectors(sessions, data.num_items, spec.dim, int(config.seed))
-    counted = np.concatenate([split.items[np.arange(split.items.shape[1])[None, :] < split.lengths[:, None]], split.targets])
-    weights = np.bincount(counted, minlength=data.num_items + 1)[1 : data.num_items + 1].astype(np.float64)
+    weights = data_lib.session_data.split_item_counts(split, data.num_items)[1:].astype(np.float64)
     tables = []
     for member in configs:
         table = codes.quantize_table(spec, vectors, weights, int(options.kmeans_iterations), int(member.seed), int(options.beam))
