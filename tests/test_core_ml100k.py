@@ -186,9 +186,11 @@ def test_reproduce_grid_then_report_holds_the_runs_numbers(tmp_path):
     teacher_row = next(line for line in text.splitlines() if line.startswith("| teacher |"))
     assert f"{teacher['test']['hr@20']:.4f}" in teacher_row and f"{teacher['params']['inference_total']:,}" in teacher_row
     # ml-100k's main student: factors (36, 47) x (16, 8) at rank 16, t = 2: 36*16*16 + 47*8*16/4 = 10,720
-    # parameters for a 1,692 x 128 table: 20.2x.
-    main_row = next(line for line in text.splitlines() if line.startswith("| full | 20.2x |"))
+    # fp32 parameters (42,880 bytes) against the dense fp32 table of the 1,682 items and the padding row,
+    # 1,683 x 128 x 4 = 861,696 bytes: 20.1x (id row order, so no row map).
+    main_row = next(line for line in text.splitlines() if line.startswith("| full | 20.1x |"))
     assert f"{main['test']['hr@20']:.4f}" in main_row and main["params"]["item_table"] == 10720
+    assert main["bytes"]["item_table"] == 42880 and main["bytes"]["dense_item_table"] == 861696
 
 
 def test_a_grid_refuses_a_run_made_under_the_other_protocol(tmp_path):

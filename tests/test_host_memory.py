@@ -83,7 +83,7 @@ def test_the_restart_is_for_runs_on_the_cpu_only(jax_platforms, accelerator, res
 @pytest.mark.skipif(not ON_GLIBC, reason="glibc only")
 def test_restart_reexecutes_the_same_command_once_under_the_tunables():
     code = (
-        "from rec_kd import host_memory; host_memory.restart_with_tunables(); "
+        "from rec_kd.train import host_memory; host_memory.restart_with_tunables(); "
         "import os, sys; print(os.environ['GLIBC_TUNABLES'], sys.argv[1:])"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
