@@ -1,4 +1,6 @@
-# The two commands of the README: `make demo` (main job on MovieLens-100k) and `make test`.
+# The README's commands: `make demo` (main job on MovieLens-100k), `make test` (the fast suite: every
+# test not marked slow, a few minutes) and `make test-all` (everything, the end-to-end runs of the
+# real trainer included, on two pytest-xdist workers; what CI runs).
 # Both create or reuse .venv; the stamp file reinstalls when the pins change.
 # `make web` serves the demo's student in a web page (rec_kd/serve/web.py); `make web-deps` installs the
 # page's runtime, the npm package onnxruntime-web pinned in package.json / package-lock.json.
@@ -12,7 +14,7 @@ WEB_PORT ?= 8000
 # One file of the installed package stands for all of node_modules/ (npm ci reinstalls on a pin change).
 ORT_WEB := node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm
 
-.PHONY: demo test install web web-deps clean
+.PHONY: demo test test-all install web web-deps clean
 
 install: $(STAMP)
 
@@ -29,7 +31,11 @@ demo: $(STAMP)
 	$(PY) -m launch.demo --workdir=$(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+# loadfile: a file's tests share one worker, so its module-scoped trained models are built once.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist=loadfile tests
 
 web-deps: $(ORT_WEB)
 

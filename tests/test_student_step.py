@@ -46,6 +46,7 @@ def nonzero_by_path(tree) -> dict[str, bool]:
     return {jax.tree_util.keystr(path): bool(np.any(np.asarray(leaf) != 0)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow  # about 40 s: the full objective's gradient through a real student and its heads
 def test_full_objective_reaches_every_student_and_head_parameter_and_no_teacher_parameter():
     params, (student_grads, teacher_grads) = student_gradients()
     reached = nonzero_by_path(student_grads)
