@@ -1,7 +1,7 @@
 # The README's commands: `make demo` (main job on MovieLens-100k), `make test` (the fast suite: every
 # test not marked slow, a few minutes) and `make test-all` (everything, the end-to-end runs of the
 # real trainer included, on two pytest-xdist workers; what CI runs).
-# Both create or reuse .venv; the stamp file reinstalls when the pins change.
+# Each creates or reuses .venv; the stamp file reinstalls when the pins change.
 # `make web` serves the demo's student in a web page (rec_kd/serve/web.py); `make web-deps` installs the
 # page's runtime, the npm package onnxruntime-web pinned in package.json / package-lock.json.
 PYTHON ?= python3
