@@ -22,7 +22,7 @@ turns ROOT (and those copies) into tables and plots.
 
 Protocol (--protocol): 'refit' (default) selects each run's epoch count on valid, then refits it on
 train + valid and reports that model; students distil from the teacher's validation-selected model
-while selecting and from its refit model while refitting (docs/method.md, "The leak-free student
+while selecting and from its refit model while refitting (docs/method.md, "The
 protocol"). 'select' reports the validation-selected model itself.
 
 Rows (students distil the dataset's seed-0 teacher):

@@ -36,8 +36,8 @@ MAIN_TABLES = {
     "retailrocket": dict(item_factors=(117, 316), dim_factors=(16, 8), ranks=(60,), t=2),
 }
 # table.row_order of every student on a MAIN_TABLES dataset (the main one, its ablations, x100),
-# chosen for the main student on the dataset's valid split (docs/method.md,
-# part 3). Tmall: shuffled rows gain 0.0175 HR@20 and 0.024 MRR@20 over id order after one epoch.
+# chosen for the main student on the dataset's valid split (docs/findings.md,
+# "Row order"). Tmall: shuffled rows gain 0.0175 HR@20 and 0.024 MRR@20 over id order after one epoch.
 # RetailRocket: id order leads at every one of the first four epochs, by 0.010 to 0.018 HR@20
 # (0.4147, 0.4281, 0.4290, 0.4271 against 0.3963, 0.4109, 0.4150, 0.4172).
 MAIN_ROW_ORDER = {"tmall": "shuffled", "retailrocket": "id"}
@@ -123,12 +123,12 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # 'standard' (LeCun kernels, LayerNorm gain 1) or 'authors' (everything U(-0.1, 0.1)).
     config.model.init_scheme = "standard"
     # Session readout: 'mean+summary' (the gate also sees a learned summary token placed after the
-    # session: +0.03 test HR@20 for the Tmall teacher, docs/method.md) or 'mean' (METHOD.md's, and
+    # session: +0.03 test HR@20 for the Tmall teacher, docs/findings.md, "Readout") or 'mean' (METHOD.md's, and
     # what runs made before this field had). See rec_kd/models/sasrec.py READOUTS.
     config.model.readout = "mean+summary"
     # Added to the ranking score of each item the session already holds (0: the paper's ranking).
     # The losses and the teacher's soft targets never see it (every gradient is the same); it changes
-    # what is recommended: evaluation, and so epoch selection and refit length, and export. method.md part 4.
+    # what is recommended: evaluation, and so epoch selection and refit length, and export. docs/findings.md, "Repeat bonus".
     config.model.repeat_bonus = 0.0
     # A learned copy signal: one trained scalar added to the scores of the items the session already
     # holds, in the scores every loss reads (unlike repeat_bonus, which only ranks). Off: the paper's model.
@@ -187,7 +187,7 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # random permutation drawn from row_order_seed) or 'clustered' (items close in the teacher's
     # select-phase table share first-core rows; a k-means seeded by row_order_seed, two-core STTD /
     # TT only). Benchmark ids follow first appearance, so with 'id' the popular early items share
-    # STTD / TT / QR factor rows (docs/method.md, parts 3 and 4). Only sttd, tt and qr tables read
+    # STTD / TT / QR factor rows (docs/findings.md, "Row order"). Only sttd, tt and qr tables read
     # it (models.ROW_ORDER_KINDS); Tmall shuffles, RetailRocket keeps the id order (MAIN_ROW_ORDER).
     config.table.row_order = "id"
     config.table.row_order_seed = 0
@@ -257,7 +257,7 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
         # About one standard error of valid HR@20, sqrt(p (1 - p) / n) at p ~ 0.35: 0.0019 on
         # Tmall's 61,076 valid examples, 0.0024 on RetailRocket's 39,919. Without it the Tmall
         # teacher selected 8 epochs on gains below that (valid 0.3494 at 3, 0.3513 at 8) and its
-        # refit over-trained: docs/method.md.
+        # refit over-trained: docs/findings.md, "A minimum gain".
         config.train.early_stop_min_delta = 0.002
         # `--config.table.row_order=id` is the paper's order.
         config.table.row_order = MAIN_ROW_ORDER[dataset]

@@ -53,7 +53,7 @@ def test_a_run_from_before_a_new_default_is_named_field_by_field(tmp_path):
 
 def test_a_student_run_before_the_shuffled_row_order_is_named(tmp_path):
     expected = reproduce.config_from_overrides("tmall", "student", ())
-    assert expected.table.row_order == "shuffled"  # Tmall's default since part 3 of docs/method.md
+    assert expected.table.row_order == "shuffled"  # Tmall's default (docs/findings.md, "Row order")
     ran = expected.to_dict()
     del ran["table"]["row_order"]  # recorded before the field existed: the id order
     write_run_config(tmp_path / "run", ran)

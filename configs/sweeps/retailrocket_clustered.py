@@ -3,7 +3,7 @@
 With `model.repeat_bonus=1000` the items a session already holds come first whatever the table
 says, so the table no longer has to keep each item apart from its id neighbours, only to predict
 the next new item. The probe (fitted cores in the teacher's network) found the clustered order
-0.0135 valid HR@20 above the id order under that ranking (docs/method.md, part 4). This run asks
+0.0135 valid HR@20 above the id order under that ranking (docs/findings.md, "Clustered rows"). This run asks
 whether a trained student gains the same: the main student (configs/retailrocket.py:student,full,
 seed 1: the seed whose id-order student was scored at bonus 1000 after its first epoch) with
 `table.row_order=clustered`, and its id-order twin (the same teacher training, the same machine),

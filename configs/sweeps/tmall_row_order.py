@@ -5,7 +5,7 @@ Tmall's ids number items in order of first appearance, so the STTD table's first
 into a few of those groups (the 1,000 most frequent sit up to 35 on one first-core row, against 12
 in a random order). Fitting the
 main student's STTD table to the teacher's table with the teacher's network around it, the
-shuffled order holds far more of the teacher than the id order (docs/method.md, part 3). This run
+shuffled order holds far more of the teacher than the id order (docs/findings.md, "Row order"). This run
 asks whether a trained student gains the same: the main student (configs/tmall.py:student,full,
 seed 0, the same batches) with `table.row_order=shuffled`, 3 select-phase epochs without a refit,
 to compare epoch by epoch with the tuning runs (configs/sweeps/tmall_tuning.py) and the grid's

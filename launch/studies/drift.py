@@ -5,7 +5,7 @@
 Both runs see the same number of examples and steps; only their place in time differs (SR-GNN
 files list sessions in time order). Prints one JSON object with each run's test HR@20 / MRR@20
 (evaluated on the first 8,000 valid and test examples). On Tmall the last examples give a far
-better model, which is why docs/method.md discusses the validation holdout.
+better model, which is why docs/method.md ("The protocol") discusses the validation holdout.
 """
 
 import dataclasses

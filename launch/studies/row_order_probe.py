@@ -11,7 +11,7 @@ weighted relative error, valid HR@20 / MRR@20 and HR@20 on repeats and on target
 session, and test HR@20 overall and on steady targets (rec_kd/experiments/target_groups.py); with
 `--repeat_bonus=...`, once more per value of the ranking's bonus for the session's own items.
 
-Why: the student's lost HR@20 is on steady targets (docs/method.md, part 3), and an STTD row is a
+Why: the student's lost HR@20 is on steady targets (docs/findings.md, "Where STTD loses"), and an STTD row is a
 product of factor rows that items share by their ids' digits. Which items share them is the
 order's choice, and this measures it without the hours a trained student takes. Orders:
 - id: item i on row i (the paper's; ids follow first appearance);
@@ -44,7 +44,7 @@ _TEACHER = flags.DEFINE_string("teacher", None, "A refit teacher's workdir (its 
 _ORDERS = flags.DEFINE_list("orders", "id,shuffled,popularity,spread", "Orders to fit, of id, shuffled, popularity, spread, clustered.")
 _STEPS = flags.DEFINE_integer("steps", 3000, "Adam steps of each fit (full batch, cosine-decayed from 3e-3).")
 _REPEAT_BONUS = flags.DEFINE_list(
-    "repeat_bonus", [], "Also score each fitted table with these model.repeat_bonus values (docs/method.md part 4); empty: none."
+    "repeat_bonus", [], "Also score each fitted table with these model.repeat_bonus values (docs/findings.md, 'Repeat bonus'); empty: none."
 )
 
 

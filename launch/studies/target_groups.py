@@ -39,7 +39,7 @@ _REPEAT_BONUS = flags.DEFINE_list(
     "repeat_bonus",
     [],
     "Score every model with each of these model.repeat_bonus values instead of its own (the ranking's bonus for the "
-    "session's own items, docs/method.md part 4); empty: each model's own.",
+    "session's own items, docs/findings.md, 'Repeat bonus'); empty: each model's own.",
 )
 _QUANTIZED = flags.DEFINE_string(
     "quantized_table",

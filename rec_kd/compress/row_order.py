@@ -2,8 +2,8 @@
 
 A compressed table builds row r from factor rows picked by r's digits (STTD: r // I_2 and r % I_2),
 so the items that share factor rows are decided by the item -> row map. Benchmark ids number items
-in order of first appearance, which puts popular early items on shared factor rows (docs/method.md,
-"Where the student's HR@20 goes", part 3). Each function returns a (num_items + 1,) int array of
+in order of first appearance, which puts popular early items on shared factor rows (docs/findings.md,
+"Row order"). Each function returns a (num_items + 1,) int array of
 distinct rows, padding id 0 first.
 
 - shuffled_item_rows: a seeded random map, independent of the data: the model's
@@ -75,7 +75,7 @@ def prefix_and_target_counts(data: session_data.SessionData) -> np.ndarray:
 
     Not clicks: an item early in a session of n clicks appears in about n prefixes, so long
     sessions weigh more (`data.item_counts` with hot_counting='clicks' counts each click once).
-    The probe's numbers in docs/method.md were measured with this count.
+    The probe's numbers in docs/findings.md were measured with this count.
     """
     size = data.num_items + 1
     items = data.train.items[data.train.items > 0]
@@ -154,7 +154,7 @@ def clustered_rows(embeddings: np.ndarray, item_factors: tuple[int, int], seed: 
     offsets from their cluster's centre into I_2 slots, each cluster's items matched to distinct
     slots by an exact assignment, so items whose offsets are alike also share the second core's row.
     Padding keeps row 0 (cluster 0, slot 0). Why: an STTD row is built from the factor rows its
-    indices pick, so which items share them decides what the table can tell apart (docs/method.md, part 3).
+    indices pick, so which items share them decides what the table can tell apart (docs/findings.md, "Row order").
     """
     from scipy import optimize  # the exact per-cluster matching; only this order needs scipy
 

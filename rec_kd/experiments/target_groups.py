@@ -1,7 +1,7 @@
 """Metrics of trained models by kind of target: in time, and repeat or not (flag-free; CLI: launch/studies/target_groups.py).
 
 SR-GNN files list sessions in time order, and valid holds the most recent training sessions
-(docs/method.md, "Validation under drift"). A refit on train + valid gains most on the test targets
+(docs/findings.md, "Drift"). A refit on train + valid gains most on the test targets
 that the valid period brought in or made popular, so scoring models group by group shows which kind
 of target a model gained or missed. The groups come from the data alone, never from a model, so
 every model is scored on the same groups:

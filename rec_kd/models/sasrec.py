@@ -24,7 +24,7 @@ from rec_kd.models.layers import SoftAttentionReadout, TransformerBlock, initial
 # attends to the whole session. Why: under causal attention every real position sees only a
 # prefix, so the masked mean under-weights the full session; the authors' code (bug 8, the mean
 # over padded positions too) gets a whole-session signal by accident, from the padded positions'
-# outputs, at the price of depending on the padded width. docs/method.md has the measurements.
+# outputs, at the price of depending on the padded width. docs/findings.md has the measurements.
 READOUTS = ("mean", "mean+summary")
 
 # Logit given to the padding item: finite so that softmax/KL stay NaN-free, small enough that its
@@ -64,17 +64,17 @@ class SeqRecModel(nn.Module):
       row_order_seed: None: item i is row i of the table (the paper's order). Else items sit on
         rows shuffled by this seed (`item_rows`): benchmark ids number items in order of first
         appearance, so a structured table (STTD, TT, QR) indexed by raw ids makes the popular
-        early items share factor rows (docs/method.md, "Where the student's HR@20 goes", part 3).
+        early items share factor rows (docs/findings.md, "Row order").
       row_map: '' or a stored item -> row map (row_order.encode_item_rows; `table.row_order=
         'clustered'`, computed from the teacher's table when the run starts), read instead of the
-        seed: items close in the teacher's space share first-core rows (docs/method.md, part 4).
+        seed: items close in the teacher's space share first-core rows (docs/findings.md, "Clustered rows").
       copy_bonus: a trained scalar added to `scores` (what the losses read) at the items the session
         holds: a learned copy signal (off: the paper's model).
       repeat_bonus: added to the `ranking` scores of the items the session already holds (0: the
         paper's ranking, by `scores` alone). The losses read `scores` and never see it, so the
         teacher's soft targets and every gradient are the same at any bonus; what it changes is
         which items are recommended: the evaluation, and through it the epoch selection, early
-        stopping and refit length, and the export (docs/method.md, "Part 4").
+        stopping and refit length, and the export (docs/findings.md, "Repeat bonus").
     """
 
     num_items: int
