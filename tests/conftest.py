@@ -12,6 +12,17 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+# One persistent XLA compilation cache for the whole suite: this process (the in-process trainings
+# of test_members, test_refit_protocol, test_codes, ...) and every rec_kd.main, sweep and launcher
+# subprocess, which inherit the environment. Most tests compile the same smoke programs again;
+# a cache hit returns the very executable the first compile made, so no number changes (a fresh
+# clone starts with an empty cache, as CI does). Set here, before any test module imports jax,
+# which reads these at import; a value already in the environment wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 def missing_data_message(path: str) -> str:
     return (
@@ -26,7 +37,7 @@ def data_dir() -> str:
 
     Missing: the test skips, or fails when REC_KD_REQUIRE_DATA=1 (CI).
     """
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    default = REPO.parent / "shared" / "data"
     path = os.environ.get("REC_KD_DATA_DIR", str(default))
     if not os.path.isdir(path):
         if os.environ.get("REC_KD_REQUIRE_DATA") == "1":

@@ -76,7 +76,7 @@ def main(argv):
         except ConfigError as error:
             sys.exit(str(error))
         scored = [(label, trained)]
-        if quantized:
+        if quantized and trained.model.table_spec is None:  # the flag quantizes dense tables; others are scored as they are
             # Counts in the splits the model trained on: train, and valid too for a refit model.
             seen = [data.train, data.valid] if trained.refit else [data.train]
             counts = sum(data_lib.session_data.split_item_counts(part, data.num_items) for part in seen)
