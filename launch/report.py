@@ -291,15 +291,6 @@ README_DATASETS = ("tmall", "retailrocket")
 REFIT = PROTOCOL_LABELS["refit on train+valid for the epochs selected on valid"]
 
 
-def item_table_bytes(result: dict) -> dict:
-    """{'item_table', 'dense_item_table'} in bytes on device: as recorded, else (runs from before
-    results.json held them) from the run's config by the same function that records them."""
-    recorded = result.get("bytes", {})
-    if "item_table" in recorded:
-        return recorded
-    return results_lib.table_bytes(ml_collections.ConfigDict(result["config"]), result["num_items"])
-
-
 def readme_table(runs: list[dict]) -> list[str]:
     """The README's one table: every refit run of the README's datasets, a row per recipe, mean ± std over seeds.
 
@@ -311,7 +302,7 @@ def readme_table(runs: list[dict]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for dataset, rows in sorted(grouped([r for r in runs if r["dataset"] in README_DATASETS]).items()):
-        refit_rows = [(key[0], item_table_bytes(results[0]), results) for key, results in rows.items() if key[2] == REFIT]
+        refit_rows = [(key[0], results_lib.recorded_table_bytes(results[0]), results) for key, results in rows.items() if key[2] == REFIT]
         for variant, table, results in sorted(refit_rows, key=lambda row: (row[0] != "teacher", -row[1]["item_table"], row[0])):
             cells = [
                 dataset,

@@ -210,6 +210,10 @@ def test_compressor_grid_runs_each_kind_at_the_budget_and_reports_it(smoke_grid,
     text = (out / "compression.md").read_text()
     qr_row = next(line for line in text.splitlines() if line.startswith("| qr | ce | main |"))
     assert f"{qr['test']['hr@20']:.4f}" in qr_row and "189,824" in qr_row
+    # Bytes on device: 189,824 fp32 parameters, plus an int32 map of the 40,728 rows where the rows are shuffled.
+    sizes = qr["bytes"]
+    assert sizes["item_table"] == 4 * 189_824 + (4 * 40_728 if qr["config"]["table"]["row_order"] != "id" else 0)
+    assert f"| {sizes['item_table'] / 1e3:,.0f} kB | {40_728 * 128 * 4 / sizes['item_table']:.1f}x |" in qr_row
     fp32 = root / "tmall" / "tables" / "qr_ce_main_s0" / "export" / "fp32.onnx"
     assert f"{fp32.stat().st_size / 1e6:.2f} MB" in qr_row
     assert (out / "img" / "compression_tmall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

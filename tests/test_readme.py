@@ -8,6 +8,7 @@ import pytest
 
 from launch import report
 from rec_kd.experiments import result_copies
+from rec_kd.experiments import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -61,7 +62,7 @@ def test_runs_recorded_before_bytes_get_them_from_their_config():
     # the 40,727 items and the padding row): 764,640 + 162,912 = 927,552 bytes; dense 40,728 x 128 x 4.
     result = json.loads((RESULTS / "tmall_main_s0.json").read_text())
     assert "item_table" not in result["bytes"]
-    assert report.item_table_bytes(result) == {"item_table": 927552, "dense_item_table": 20852736}
+    assert results_lib.recorded_table_bytes(result) == {"item_table": 927552, "dense_item_table": 20852736}
 
 
 def test_a_readme_without_the_markers_is_an_error():

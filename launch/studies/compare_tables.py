@@ -19,7 +19,7 @@ that is the same for every kind (e.g. `--override=--config.data.valid_fraction=0
 `--report` exports every finished run to ONNX (fp32 and int8, in RUN/export/), measures each file's
 size and its batch-1, one-thread latency (launch/bench_device.py's fresh pinned process), and
 writes OUT/compression.md (after `--report_preamble`), OUT/img/compression_DATASET.png (test HR@20 against
-item-table parameters, one line per kind) and copies of the results in OUT/results/compression/.
+item-table bytes, one line per kind) and copies of the results in OUT/results/compression/.
 """
 
 import dataclasses
@@ -36,6 +36,7 @@ from launch import reproduce
 from rec_kd import compress, defaults
 from rec_kd.compress import sttd
 from rec_kd.data import load_dataset
+from rec_kd.experiments import results as results_lib
 from rec_kd.models import resolve_table_config
 from rec_kd.train import sweeps
 
@@ -203,17 +204,24 @@ def load_rows(root: str, calls: int) -> list[Row]:
     return rows
 
 
+def table_bytes(row: Row) -> tuple[int, float]:
+    """(the item table's bytes on device, the dense fp32 table's bytes over that): what a phone stores."""
+    sizes = results_lib.recorded_table_bytes(row.results)
+    return sizes["item_table"], sizes["dense_item_table"] / sizes["item_table"]
+
+
 def table_lines(rows: list[Row]) -> list[str]:
     header = (
-        "| kind | objective | budget | item-table params | compression | test HR@20 | MRR@20 | NDCG@20 | cold HR@20 "
-        "| file fp32 | file int8 | p50 fp32 / int8 (ms) |"
+        "| kind | objective | budget | item-table params | item table | compression (bytes) | test HR@20 | MRR@20 | NDCG@20 "
+        "| cold HR@20 | file fp32 | file int8 | p50 fp32 / int8 (ms) |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in sorted(rows, key=lambda r: (r.budget, r.objective, -r.results["test"]["hr@20"])):
         test, files = row.results["test"], row.files
+        num_bytes, compression = table_bytes(row)
         lines.append(
-            f"| {row.kind} | {row.objective} | {row.budget} | {row.results['params']['item_table']:,} | "
-            f"{row.results['embedding_compression']:.1f}x | {test['hr@20']:.4f} | {test['mrr@20']:.4f} | {test['ndcg@20']:.4f} | "
+            f"| {row.kind} | {row.objective} | {row.budget} | {row.results['params']['item_table']:,} | {num_bytes / 1e3:,.0f} kB | "
+            f"{compression:.1f}x | {test['hr@20']:.4f} | {test['mrr@20']:.4f} | {test['ndcg@20']:.4f} | "
             f"{row.results['test_cold']['hr@20']:.4f} | {files['fp32']['bytes'] / 1e6:.2f} MB | {files['int8']['bytes'] / 1e6:.2f} MB | "
             f"{files['fp32']['p50_ms']:.2f} / {files['int8']['p50_ms']:.2f} |"
         )
@@ -231,14 +239,12 @@ def plot(rows: list[Row], dataset: str, path: str) -> None:
     colors = plt.get_cmap("tab10").colors
     for index, kind in enumerate(compress.KINDS):  # one colour a kind; the objective sets the line and marker
         for objective, style in (("full", "-o"), ("ce", "--x")):
-            points = sorted(
-                (r.results["params"]["item_table"], r.results["test"]["hr@20"]) for r in rows if (r.kind, r.objective) == (kind, objective)
-            )
+            points = sorted((table_bytes(r)[0], r.results["test"]["hr@20"]) for r in rows if (r.kind, r.objective) == (kind, objective))
             if points:
                 ax.plot(*zip(*points, strict=True), style, color=colors[index % len(colors)], label=f"{kind} ({objective})")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the decades alone: no overlapping labels
-    ax.set(xlabel="item-table parameters", ylabel="test HR@20", title=f"{dataset}: accuracy against table size")
+    ax.set(xlabel="item-table bytes on device", ylabel="test HR@20", title=f"{dataset}: accuracy against table size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

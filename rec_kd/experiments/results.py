@@ -6,6 +6,7 @@ import shlex
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -32,6 +33,15 @@ def table_bytes(config, num_items: int) -> dict:
     spec = build_model(config, num_items).spec
     row_map = 4 * (num_items + 1) if row_order(config) != "id" else 0  # an int32 item -> row map in the export
     return {"item_table": compress.table_bytes(spec) + row_map, "dense_item_table": 4 * (num_items + 1) * config.model.hidden_dim}
+
+
+def recorded_table_bytes(result: dict) -> dict:
+    """{'item_table', 'dense_item_table'} in bytes on device: as a results.json records them, else (runs
+    from before results.json held them) from the run's config by table_bytes, the function that records them."""
+    recorded = result.get("bytes", {})
+    if "item_table" in recorded:
+        return recorded
+    return table_bytes(ml_collections.ConfigDict(result["config"]), result["num_items"])
 
 
 def table_param_count(model_params) -> int:
