@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 DATASETS = ("tmall", "retailrocket", "yoochoose1_64", "beauty", "ml-100k")
 CUSTOM = "custom"
 # data.format of a custom dataset: the reader of rec_kd/data that reads data.path.
-FORMATS = ("srgnn", "user_sequences", "inter", "events")
+FORMATS = ("srgnn", "user_sequences", "inter", "events", "synthetic")
 # Table kinds of rec_kd/compress besides the main 'sttd': each is also a student variant.
 TABLE_VARIANTS = ("tt", "dense", "lowrank", "hash", "qr", "mixed_dim", "codes")
 VARIANTS = ("full", "ce", "kd", "kd_cl", *TABLE_VARIANTS)
@@ -225,8 +225,22 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     config.train.warmup_steps = 0
     # Decoupled weight decay (AdamW); 0 gives plain Adam.
     config.train.weight_decay = 0.0
+    # The recommendation loss: 'full' (softmax over the whole catalogue, the paper's) or 'sampled'
+    # (each target against in-batch and sampled negatives, log-Q corrected: rec_kd/train/sampling.py),
+    # for catalogues whose (batch x items) logits dominate a step. The sampled student trains the
+    # rec and KD losses only (distill.cl_weight = pred_weight = 0, the 'kd' variant).
+    config.train.loss = "full"
+    sampled = config.train.sampled = ml_collections.ConfigDict()
+    sampled.num_negatives = 1000  # drawn with replacement every step, shared by the batch
+    sampled.in_batch = True  # the batch's other targets are negatives too
+    sampled.proposal = "popularity"  # or 'uniform'; popularity: training-target frequency (+1)
+    sampled.log_q_correction = True
     # Evaluation batch size (a multiple of the device count).
     config.train.eval_batch_size = 500
+    # Columns scored at a time in evaluation (evaluation.chunked_target_ranks): -1 picks by catalogue size
+    # (EVAL_CHUNK_ITEMS columns a chunk past EVAL_FULL_MATRIX_MAX_ITEMS items, else the whole (B, N + 1) matrix);
+    # 0 always the whole matrix; N > 0 chunks of N.
+    config.train.eval_chunk_items = -1
     # Evaluate valid (and test, for the paper protocol) every this many epochs.
     config.train.eval_every_epochs = 1
     # Metric on valid that selects the step.
@@ -277,8 +291,9 @@ def add_custom_data_fields(config: ml_collections.ConfigDict) -> None:
     """The fields of a dataset given by format and path (configs/custom.py), in place."""
     data = config.data
     # Reader of data.path, one of FORMATS: 'srgnn' (a folder holding the train.txt and test.txt
-    # pickles), 'user_sequences' ('u i1 i2 ...' or 'u i' lines), 'inter' (a RecBole .inter file) or
-    # 'events' (a raw click CSV, preprocessed with the data.events rules).
+    # pickles), 'user_sequences' ('u i1 i2 ...' or 'u i' lines), 'inter' (a RecBole .inter file),
+    # 'events' (a raw click CSV, preprocessed with the data.events rules) or 'synthetic' (generated
+    # sessions, data.synthetic below).
     data.format = ""
     # The folder (srgnn) or the file. A relative path is relative to the working directory (for
     # sweeps, which start their runs in the repository: to the repository).
@@ -306,6 +321,19 @@ def add_custom_data_fields(config: ml_collections.ConfigDict) -> None:
     events.test_window_seconds = 86400.0
     # The shortest prefix a session is expanded to (1: every click after the first is a target).
     events.min_prefix_length = 1
+    # data.format='synthetic' reads no file: it generates sessions (rec_kd/data/synthetic.py, whose
+    # SyntheticSpec documents each field) deterministically from these fields; data.path stays empty.
+    synthetic = data.synthetic = ml_collections.ConfigDict()
+    synthetic.num_items = 10_000
+    synthetic.num_events = 200_000
+    synthetic.num_clusters = 100
+    synthetic.successors = 4
+    synthetic.zipf_exponent = 1.0
+    synthetic.repeat_prob = 0.3
+    synthetic.mean_length = 5.0
+    synthetic.max_session_length = 50
+    synthetic.test_fraction = 0.1
+    synthetic.seed = 0
     # What `dataset` holds: 'custom:FORMAT:/absolute/path', computed when read, so it follows the
     # overrides of data.format and data.path. The teacher check compares it (teacher and student
     # must read the same file), results.json reports it, and the data is read from it (so a run

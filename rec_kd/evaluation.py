@@ -13,6 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_KS = (5, 10, 20)
+# train.eval_chunk_items=-1: catalogues up to this many columns are scored in one (B, N + 1) matrix
+# (500 x 262,144 fp32 is 0.5 GB), larger ones in chunks of EVAL_CHUNK_ITEMS columns.
+EVAL_FULL_MATRIX_MAX_ITEMS = 262_144
+EVAL_CHUNK_ITEMS = 65_536
+
+
+def eval_chunk_size(setting: int, num_columns: int) -> int:
+    """Columns a chunk for train.eval_chunk_items = `setting` (0: the whole matrix, no chunks)."""
+    if setting < -1:
+        raise ValueError(f"train.eval_chunk_items={setting}: expected -1 (by catalogue size), 0 (no chunks) or a chunk size")
+    if setting == -1:
+        return EVAL_CHUNK_ITEMS if num_columns > EVAL_FULL_MATRIX_MAX_ITEMS else 0
+    return setting
 
 
 def target_ranks(scores: jax.Array, targets: jax.Array) -> jax.Array:
@@ -28,6 +41,43 @@ def target_ranks(scores: jax.Array, targets: jax.Array) -> jax.Array:
     item_ids = jnp.arange(scores.shape[1])[None, :]  # (1, C)
     competitors = (item_ids != 0) & (item_ids != targets[:, None])  # (B, C)
     return jnp.sum(competitors & (scores >= target_scores), axis=1, dtype=jnp.int32)
+
+
+def chunked_target_ranks(column_scores: Callable, targets: jax.Array, num_columns: int, chunk_size: int) -> jax.Array:
+    """target_ranks without a (B, C) matrix: the catalogue scanned in chunks of `chunk_size` columns.
+
+    Why: at a million items and more, one batch's (B, C) scores no longer fit beside the model.
+    Each chunk's scores are computed, used and dropped, so memory is (B, chunk_size).
+
+    Args:
+      column_scores: ids (chunk_size,) int32 -> (B, chunk_size) scores of those columns; ids past
+        the catalogue (>= num_columns, in the last chunk) may score anything, they are never counted.
+      targets: (B,) int in [1, num_columns).
+      num_columns: C, the padding column 0 included.
+    Returns:
+      (B,) int32, target_ranks' ranks for the same scores: ties count against the target, column 0 is
+      never ranked. Two passes: the target's score is read from the chunk that scores its
+      competitors, the same computation, so a tie in the scores is a tie here.
+    """
+    num_chunks = -(-num_columns // chunk_size)
+    offsets = jnp.arange(chunk_size, dtype=jnp.int32)
+    batch = targets.shape[0]
+
+    def target_score(total, chunk):
+        ids = chunk * chunk_size + offsets
+        scores = column_scores(ids)
+        return total + jnp.sum(jnp.where(ids[None, :] == targets[:, None], scores, 0.0), axis=1), None
+
+    target_scores, _ = jax.lax.scan(target_score, jnp.zeros((batch,), jnp.float32), jnp.arange(num_chunks))
+
+    def count_above(count, chunk):
+        ids = chunk * chunk_size + offsets
+        scores = column_scores(ids)
+        competitors = (ids[None, :] != 0) & (ids[None, :] < num_columns) & (ids[None, :] != targets[:, None])
+        return count + jnp.sum(competitors & (scores >= target_scores[:, None]), axis=1, dtype=jnp.int32), None
+
+    ranks, _ = jax.lax.scan(count_above, jnp.zeros((batch,), jnp.int32), jnp.arange(num_chunks))
+    return ranks
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
@@ -59,13 +109,13 @@ def rank_metrics(scores, targets, ks: Sequence[int] = DEFAULT_KS) -> dict[str, f
     return {name: float(jnp.mean(value)) for name, value in per_example_metrics(ranks, ks).items()}
 
 
-def weighted_metric_sums(scores, targets, weights, cold_mask, ks=DEFAULT_KS) -> dict[str, jax.Array]:
-    """Weighted per-batch sums of every metric, overall and over cold-target examples.
+def weighted_metric_sums(ranks, targets, weights, cold_mask, ks=DEFAULT_KS) -> dict[str, jax.Array]:
+    """Weighted per-batch sums of every metric from the targets' 0-based ranks, overall and over cold-target examples.
 
     Returns scalars keyed 'all/hr@5', ..., 'cold/hr@5', ..., plus 'all/count' and 'cold/count';
     summing these over batches and dividing by the counts gives exact split-level means.
     """
-    per_example = per_example_metrics(target_ranks(scores, targets), ks)
+    per_example = per_example_metrics(ranks, ks)
     cold_weights = weights * cold_mask[targets].astype(weights.dtype)
     sums = {"all/count": jnp.sum(weights), "cold/count": jnp.sum(cold_weights)}
     for name, value in per_example.items():

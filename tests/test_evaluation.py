@@ -70,7 +70,12 @@ def test_weighted_sums_give_exact_split_means_and_cold_subset():
     cold_mask[10:] = True
     batches = [slice(0, 5), slice(5, 12)]
     sums = [
-        evaluation.weighted_metric_sums(jnp.asarray(scores[b]), jnp.asarray(targets[b]), jnp.asarray(weights[b]), jnp.asarray(cold_mask))
+        evaluation.weighted_metric_sums(
+            evaluation.target_ranks(jnp.asarray(scores[b]), jnp.asarray(targets[b])),
+            jnp.asarray(targets[b]),
+            jnp.asarray(weights[b]),
+            jnp.asarray(cold_mask),
+        )
         for b in batches
     ]
     totals = {key: float(sum(np.asarray(s[key]) for s in sums)) for key in sums[0]}
@@ -82,3 +87,34 @@ def test_weighted_sums_give_exact_split_means_and_cold_subset():
     for name in want_all:
         assert overall[name] == pytest.approx(want_all[name], abs=1e-6)
         assert cold[name] == pytest.approx(want_cold[name], abs=1e-6)
+
+
+def reference_ranks(scores: np.ndarray, targets: np.ndarray) -> list[int]:
+    return [
+        sum(1 for item in range(1, len(row)) if item != target and row[item] >= row[target])
+        for row, target in zip(scores, targets, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 20, 64])  # one column a chunk, chunks that do not divide 20, one chunk, one larger chunk
+def test_chunked_ranks_equal_the_reference_ties_included(chunk_size):
+    rng = np.random.default_rng(3)
+    scores = rng.integers(-3, 4, size=(9, 20)).astype(np.float32)  # integer scores: many ties
+    scores[:, 0] = 100.0  # the padding column, above everything: never ranked
+    targets = rng.integers(1, 20, size=9)
+    padded = np.pad(scores, ((0, 0), (0, 64)), constant_values=1e9)  # columns past the catalogue score above all: never counted
+
+    def column_scores(ids):
+        return jnp.asarray(padded)[:, ids]
+
+    got = evaluation.chunked_target_ranks(column_scores, jnp.asarray(targets), 20, chunk_size)
+    assert np.asarray(got).tolist() == reference_ranks(scores, targets)
+    assert np.asarray(got).tolist() == np.asarray(evaluation.target_ranks(jnp.asarray(scores), jnp.asarray(targets))).tolist()
+
+
+def test_eval_chunk_size_by_catalogue_size_and_bad_settings():
+    assert evaluation.eval_chunk_size(-1, evaluation.EVAL_FULL_MATRIX_MAX_ITEMS) == 0
+    assert evaluation.eval_chunk_size(-1, evaluation.EVAL_FULL_MATRIX_MAX_ITEMS + 1) == evaluation.EVAL_CHUNK_ITEMS
+    assert evaluation.eval_chunk_size(0, 10**7) == 0 and evaluation.eval_chunk_size(4096, 100) == 4096
+    with pytest.raises(ValueError, match="train.eval_chunk_items=-2"):
+        evaluation.eval_chunk_size(-2, 100)

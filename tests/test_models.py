@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_kd import defaults
+from rec_kd import defaults, evaluation
 from rec_kd.compress import row_order, sttd
 from rec_kd.defaults import ConfigError
 from rec_kd.models import DistillHeads, SeqRecModel, build_model, sasrec
@@ -327,3 +327,35 @@ def test_the_repeat_bonus_moves_the_ranking_of_the_sessions_items_and_nothing_el
     config.model.repeat_bonus = float("inf")  # would make every other item's ranking nan
     with pytest.raises(ConfigError, match="give a finite number"):
         build_model(config, 9)
+
+
+@pytest.mark.parametrize("row_seed", [None, 5])
+def test_chunked_target_ranks_equal_the_full_rankings(row_seed):
+    """SeqRecModel.target_ranks (evaluation past a catalogue size) ranks as __call__'s `ranking` does,
+    copy and repeat bonuses and a shuffled row map included, for chunks that do not divide the catalogue."""
+    num_items = 53
+    spec = sttd.STTDSpec(item_factors=(6, 9), dim_factors=(2, 4), ranks=(4,), t=2)
+    model = SeqRecModel(
+        num_items=num_items,
+        hidden_dim=8,
+        inner_dim=8,
+        max_len=6,
+        table_spec=spec,
+        copy_bonus=True,
+        repeat_bonus=0.7,
+        row_order_seed=row_seed,
+    )
+    rng = np.random.default_rng(4)
+    items = rng.integers(1, num_items + 1, size=(16, 6)).astype(np.int32)
+    lengths = rng.integers(1, 7, size=16).astype(np.int32)
+    targets = jnp.asarray(np.where(np.arange(16) % 2 == 0, items[:, 0], rng.integers(1, num_items + 1, size=16)))  # half are repeats
+    params = model.init(jax.random.key(0), jnp.asarray(items), jnp.asarray(lengths))["params"]
+    params = {**params, "copy_bonus": jnp.asarray(1.3)}
+    ranking = model.apply({"params": params}, jnp.asarray(items), jnp.asarray(lengths))["ranking"]
+    want = np.asarray(evaluation.target_ranks(ranking, targets))
+    assert 0 < (want < 3).sum() < 16  # the bonuses lift some targets to the top, not all
+    for chunk_size in (5, 54, 100):
+        got = model.apply(
+            {"params": params}, jnp.asarray(items), jnp.asarray(lengths), targets, chunk_size, method=SeqRecModel.target_ranks
+        )
+        np.testing.assert_array_equal(np.asarray(got), want)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from rec_kd import defaults
+from rec_kd.data import synthetic
 from rec_kd.data.raw_events import load_raw_events
 from rec_kd.data.sequences import load_inter, load_user_sequences, movielens_100k_path
 from rec_kd.data.session_data import DataError, SessionData
@@ -171,7 +172,9 @@ def load_configured(config) -> SessionData:
         hot_fraction=config.data.hot_fraction,
         hot_counting=config.data.hot_counting,
     )
-    if "format" in config.data:
+    if config.data.get("format") == synthetic.NAME:
+        data = synthetic.load_synthetic(synthetic.SyntheticSpec(**config.data.synthetic.to_dict()), **options)
+    elif "format" in config.data:
         data = load_path(config.data.format, recorded_path(config), raw_event_options(config.data.events), **options)
     else:
         data = load_dataset(config.dataset, config.data_dir or None, **options)

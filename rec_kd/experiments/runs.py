@@ -119,6 +119,10 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
         raise ConfigError(f"{config_path}: stage is {teacher_config.stage!r}, not a teacher")
     if teacher_config.dataset != config.dataset:
         raise ConfigError(f"{config_path}: teacher was trained on {teacher_config.dataset!r}, the student is on {config.dataset!r}")
+    generated = (teacher_config.data.get("synthetic", {}), config.data.get("synthetic", {}))
+    if config.data.get("format") == "synthetic" and generated[0] != generated[1]:  # one dataset name, many datasets
+        teacher_data, student_data = (dict(fields) for fields in generated)
+        raise ConfigError(f"{config_path}: teacher was trained on data.synthetic {teacher_data}, the student is on {student_data}")
     if teacher_config.data.max_len != config.data.max_len:
         raise ConfigError(f"{config_path}: teacher max_len {teacher_config.data.max_len} != student {config.data.max_len}")
     selects_on_valid = len(data.valid) > 0
@@ -165,12 +169,22 @@ NOT_RECIPE = (
     "train.checkpoint_every_steps",
     "train.log_every_steps",
     "train.eval_batch_size",
+    "train.eval_chunk_items",
 )
 
 
 # Fields added after runs were made, with the value that gives those runs' numbers: a run whose
 # config.json has no such field ran under this value, so its recipe holds it (no drift to name).
-ADDED_FIELDS = {"model.repeat_bonus": 0.0, "model.copy_bonus": False, "model.init_from_teacher": False}
+ADDED_FIELDS = {
+    "model.repeat_bonus": 0.0,
+    "model.copy_bonus": False,
+    "model.init_from_teacher": False,
+    "train.loss": "full",
+    "train.sampled.num_negatives": 1000,
+    "train.sampled.in_batch": True,
+    "train.sampled.proposal": "popularity",
+    "train.sampled.log_q_correction": True,
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rec_kd import compress
+from rec_kd import compress, evaluation
 from rec_kd.compress import common, dense, sttd
 from rec_kd.compress.row_order import decode_item_rows, shuffled_item_rows
 from rec_kd.defaults import ConfigError
@@ -51,6 +51,14 @@ def session_item_mask(items: jax.Array, lengths: jax.Array, num_columns: int) ->
 def mask_padding_scores(scores: jax.Array) -> jax.Array:
     """Sets column 0 (the padding item) of (B, C) scores to PADDING_LOGIT."""
     return scores.at[:, 0].set(PADDING_LOGIT)
+
+
+def session_item_columns(items: jax.Array, lengths: jax.Array, first: jax.Array, num_columns: int) -> jax.Array:
+    """session_item_mask for the columns first .. first + num_columns - 1 only: (B, num_columns) bool."""
+    held = jnp.where(position_mask(lengths, items.shape[1]), items, 0) - first  # column index within the chunk
+    held = jnp.where((held >= 0) & (held < num_columns) & (items != 0), held, num_columns)  # out of the chunk: dropped
+    rows = jnp.arange(items.shape[0])[:, None]
+    return jnp.zeros((items.shape[0], num_columns), bool).at[rows, held].set(True, mode="drop")
 
 
 class SeqRecModel(nn.Module):
@@ -144,14 +152,26 @@ class SeqRecModel(nn.Module):
         rows = self.item_rows()
         return table[: self.num_items + 1] if rows is None else table[rows]
 
-    def encode(self, table: jax.Array, items: jax.Array, lengths: jax.Array, train: bool) -> jax.Array:
-        """Session vectors (B, D) for right-padded item ids (B, L) with `lengths` (B,) real items."""
+    def rows(self, ids: jax.Array) -> jax.Array:
+        """Item vectors of `ids` (any shape, + (D,)), computing only those rows of the table (spec.rows).
+
+        What a step over a large catalogue uses instead of item_table(): a compressed table's rows
+        cost O(len(ids)), not O(N).
+        """
+        item_rows = self.item_rows()
+        return self.spec.rows(self.table_params, ids if item_rows is None else jnp.asarray(item_rows)[ids])
+
+    def encode(self, lookup, items: jax.Array, lengths: jax.Array, train: bool) -> jax.Array:
+        """Session vectors (B, D) for right-padded item ids (B, L) with `lengths` (B,) real items.
+
+        `lookup(ids) -> vectors`: rows of the materialised table, or `rows` for a large catalogue.
+        """
         summary = self.readout == "mean+summary"
         if summary:  # one more column for the summary token at position `length`
             items = jnp.pad(items, ((0, 0), (0, 1)))
         length = items.shape[1]
         mask = position_mask(lengths, length)  # (B, L), real items only
-        x = table[items]
+        x = lookup(items)
         if summary:
             is_summary = (jnp.arange(length)[None, :] == lengths[:, None])[..., None]  # (B, L, 1)
             x = jnp.where(is_summary, self.summary_embedding[None], x)
@@ -169,7 +189,7 @@ class SeqRecModel(nn.Module):
         """Returns {'session': (B, D), 'table': (N + 1, D), 'scores': (B, N + 1) with padding masked,
         'ranking': (B, N + 1), the scores recommendations are ranked by (`repeat_bonus`)}."""
         table = self.item_table()
-        session = self.encode(table, items, lengths, train)
+        session = self.encode(lambda ids: table[ids], items, lengths, train)
         scores = mask_padding_scores(session @ table.T)
         if self.copy_bonus:  # learned: the losses see it, so the gradient sets how much copying pays
             scores = jnp.where(session_item_mask(items, lengths, scores.shape[1]), scores + self.copy_bonus_value, scores)
@@ -177,6 +197,43 @@ class SeqRecModel(nn.Module):
         if self.repeat_bonus:
             ranking = jnp.where(session_item_mask(items, lengths, scores.shape[1]), scores + self.repeat_bonus, scores)
         return {"session": session, "table": table, "scores": scores, "ranking": ranking}
+
+    def sampled_scores(self, items: jax.Array, lengths: jax.Array, targets: jax.Array, candidates: jax.Array, train: bool = False):
+        """The scores a sampled softmax needs, never the catalogue's: {'session': (B, D), 'positive': (B,)
+        each session's score of its own target, 'candidates': (B, M) every session's scores of the shared
+        candidate ids (M,)}, copy bonus included (repeat_bonus only ranks, it never trains)."""
+        session = self.encode(self.rows, items, lengths, train)
+        positive = jnp.sum(session * self.rows(targets), axis=-1)
+        scores = session @ self.rows(candidates).T
+        if self.copy_bonus:
+            real = position_mask(lengths, items.shape[1])
+            target_held = jnp.any(real & (items == targets[:, None]), axis=1) & (targets != 0)
+            candidate_held = jnp.any(real[:, :, None] & (items[:, :, None] == candidates[None, None, :]), axis=1) & (candidates != 0)
+            positive = jnp.where(target_held, positive + self.copy_bonus_value, positive)
+            scores = jnp.where(candidate_held, scores + self.copy_bonus_value, scores)
+        return {"session": session, "positive": positive, "candidates": scores}
+
+    def target_ranks(self, items: jax.Array, lengths: jax.Array, targets: jax.Array, chunk_size: int) -> jax.Array:
+        """(B,) 0-based ranks of `targets` under `ranking`, with the catalogue scored `chunk_size` columns at a time.
+
+        The same ranking as __call__'s (copy and repeat bonuses included), without its (B, N + 1)
+        scores: what evaluation uses past a catalogue size (evaluation.chunked_target_ranks).
+        """
+        table = self.item_table()
+        session = self.encode(lambda ids: table[ids], items, lengths, train=False)
+        last_row = self.num_items
+
+        def column_scores(ids):
+            scores = session @ table[jnp.minimum(ids, last_row)].T  # ids past the catalogue: never counted
+            if self.copy_bonus or self.repeat_bonus:
+                held = session_item_columns(items, lengths, ids[0], ids.shape[0])
+                if self.copy_bonus:
+                    scores = jnp.where(held, scores + self.copy_bonus_value, scores)
+                if self.repeat_bonus:
+                    scores = jnp.where(held, scores + self.repeat_bonus, scores)
+            return scores
+
+        return evaluation.chunked_target_ranks(column_scores, targets, self.num_items + 1, chunk_size)
 
 
 # Kinds whose rows share factor rows by their ids' digits (STTD and TT: id // I_2, id % I_2; QR: quotient,

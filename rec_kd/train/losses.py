@@ -87,6 +87,57 @@ def predictive_loss(outputs, batch, reduction: str = "mean"):
     return loss, {"loss/pred": loss}
 
 
+def sampled_logits(outputs, batch) -> jax.Array:
+    """(B, 1 + M) log-Q corrected logits: column 0 each session's target, then the shared candidates.
+
+    A candidate equal to the session's target (an accidental hit: another row's target, or a sampled
+    copy of it) or the padding id is dropped, so the target is never its own negative.
+    """
+    positive = outputs["positive"] - outputs["positive_log_q"]  # (B,)
+    negatives = outputs["candidates"] - outputs["candidate_log_q"][None, :]  # (B, M)
+    ids = outputs["candidate_ids"][None, :]
+    negatives = jnp.where((ids == batch["targets"][:, None]) | (ids == 0), MASKED_LOGIT, negatives)
+    return jnp.concatenate([positive[:, None], negatives], axis=1)
+
+
+def sampled_rec_loss(outputs, batch, reduction: str = "mean"):
+    """Sampled softmax (Yi et al., RecSys 2019): the target against the candidates, log-Q corrected.
+
+    Why: the full softmax costs a (B, N + 1) matrix a step; this costs (B, 1 + M). Subtracting log Q
+    (the log of each item's expected count in the candidate set) makes it an estimate of the full
+    softmax's gradient instead of a popularity-biased one.
+    """
+    per_example = -jax.nn.log_softmax(sampled_logits(outputs, batch), axis=-1)[:, 0]
+    loss = _reduce(per_example, batch["weights"], reduction)
+    return loss, {"loss/rec": loss}
+
+
+def sampled_kd_loss(outputs, batch, temperature: float = 1.0, reduction: str = "mean"):
+    """kd_loss over the sampled set: T^2 KL(teacher || student) over each session's target and the candidates."""
+    teacher = {**outputs, "positive": outputs["teacher_positive"], "candidates": outputs["teacher_candidates"]}
+    teacher_log_probs = jax.nn.log_softmax(sampled_logits(teacher, batch) / temperature, axis=-1)
+    student_log_probs = jax.nn.log_softmax(sampled_logits(outputs, batch) / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
+    loss = temperature**2 * _reduce(kl, batch["weights"], reduction)
+    return loss, {"loss/kd": loss}
+
+
+def sampled_objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
+    """objective_terms for train.loss='sampled': the rec and KD losses over the candidate set.
+
+    The contrastive and predictive losses read the whole table (hot/cold recombination, catalogue
+    scores), so they are refused with this loss (check_sampled_config) rather than silently dropped.
+    """
+    if distill_config is None:
+        return [("rec", 1.0, sampled_rec_loss)]
+    lam = distill_config.kd_weight
+    terms = [
+        ("rec", 1.0 - lam, sampled_rec_loss),
+        ("kd", lam, functools.partial(sampled_kd_loss, temperature=distill_config.kd_temperature, reduction=distill_config.reduction)),
+    ]
+    return [term for term in terms if not (isinstance(term[1], (int, float)) and term[1] == 0.0)]
+
+
 def objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
     """(name, weight, loss_fn) for every enabled loss; the teacher trains on 'rec' alone.
 

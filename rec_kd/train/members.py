@@ -22,7 +22,7 @@ from rec_kd.compress import codes
 from rec_kd.defaults import ConfigError
 from rec_kd.experiments.runs import Teacher
 from rec_kd.models import DistillHeads, build_model, table_kind
-from rec_kd.train import step
+from rec_kd.train import sampling, step
 from rec_kd.train.sharding import Placement
 
 # Config fields that may differ between the members of one run. `seed` enters through each
@@ -125,6 +125,11 @@ class Run:
         return self.train_step(state, batch, self.constants, self.teacher_params, self.members)
 
 
+def eval_chunk_items(config) -> int:
+    """train.eval_chunk_items (runs from before the field: -1, by catalogue size; theirs were all below it)."""
+    return config.train.get("eval_chunk_items", -1)
+
+
 def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher: Teacher | None, steps_per_epoch: int) -> Run:
     """Initialises N members' models and optimizer states and jits their vmapped steps.
 
@@ -143,7 +148,12 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
     inputs = member_inputs(configs, hparam_fields)
     members = placement.replicate(inputs if num_members > 1 else jax.tree.map(lambda x: x[0], inputs))
     cold_mask = ~data.hot_mask & (np.arange(data.num_items + 1) > 0)
-    constants = placement.replicate({"hot_mask": data.hot_mask, "cold_mask": cold_mask})
+    constants = {"hot_mask": data.hot_mask, "cold_mask": cold_mask}
+    sampled = sampling.loss_kind(config) == "sampled"
+    if sampled:
+        sampling.check_sampled_config(config, data.num_items)
+        constants.update(sampling.sampling_constants(data.train.targets, data.num_items))
+    constants = placement.replicate(constants)
 
     def init_member(seed):
         params = step.init_params(config, model, heads, step.model_keys(seed)[0])
@@ -159,7 +169,11 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
             state["params"]["model"][table_name] = placement.replicate(table)
         return state
 
-    loss_fn = step.make_loss_fn(model, heads, teacher.model if teacher else None, config.distill if is_student else None)
+    teacher_model, distill = (teacher.model if teacher else None), (config.distill if is_student else None)
+    if sampled:
+        loss_fn = step.make_sampled_loss_fn(model, teacher_model, distill, config.train.sampled)
+    else:
+        loss_fn = step.make_loss_fn(model, heads, teacher_model, distill)
     train_step = jax.jit(
         over_members(
             step.make_train_step(loss_fn, config, steps_per_epoch),
@@ -171,8 +185,14 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
         out_shardings=(placement.replicated, placement.replicated),
         donate_argnums=(0,),
     )
+    eval_chunk_size = evaluation.eval_chunk_size(eval_chunk_items(config), model.num_items + 1)
     metric_sums = jax.jit(
-        over_members(step.make_metric_sums_fn(model, evaluation.DEFAULT_KS), (0, None, None), num_members, with_member_axis),
+        over_members(
+            step.make_metric_sums_fn(model, evaluation.DEFAULT_KS, eval_chunk_size),
+            (0, None, None),
+            num_members,
+            with_member_axis,
+        ),
         in_shardings=(placement.replicated, placement.batch, placement.replicated),
         out_shardings=placement.replicated,
     )

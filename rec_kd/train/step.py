@@ -15,7 +15,7 @@ import optax
 from rec_kd import evaluation
 from rec_kd.defaults import ConfigError
 from rec_kd.models import init_model_params
-from rec_kd.train import losses
+from rec_kd.train import losses, sampling
 
 
 def make_optimizer(config, steps_per_epoch: int, learning_rate=None) -> optax.GradientTransformation:
@@ -79,6 +79,30 @@ def distill_view(distill_config, hparams: dict) -> types.SimpleNamespace:
     return types.SimpleNamespace(**values)
 
 
+def make_sampled_loss_fn(model, teacher_model, distill_config, sampled):
+    """make_loss_fn's loss for train.loss='sampled': the rec and KD losses over a candidate set, no catalogue.
+
+    The negatives are drawn from the step's dropout key folded with sampling.SAMPLING_STREAM, so a
+    step's candidates are a function of (seed, step) like its dropout, and a resumed run draws the same.
+    """
+
+    def loss_fn(params, batch, dropout_key, constants, teacher_params, hparams):
+        terms = losses.sampled_objective_terms(None if distill_config is None else distill_view(distill_config, hparams))
+        sample_key = jax.random.fold_in(dropout_key, sampling.SAMPLING_STREAM)
+        ids, log_q, positive_log_q = sampling.candidates(sample_key, batch["targets"], sampled, constants)
+        inputs = (batch["items"], batch["lengths"], batch["targets"], ids)
+        rngs = {"dropout": dropout_key}
+        student = model.apply({"params": params["model"]}, *inputs, train=True, rngs=rngs, method=type(model).sampled_scores)
+        outputs = dict(student, candidate_ids=ids, candidate_log_q=log_q, positive_log_q=positive_log_q)
+        if any(name == "kd" for name, _, _ in terms):
+            teacher = teacher_model.apply({"params": teacher_params}, *inputs, train=False, method=type(teacher_model).sampled_scores)
+            teacher = jax.lax.stop_gradient(teacher)
+            outputs.update(teacher_positive=teacher["positive"], teacher_candidates=teacher["candidates"])
+        return losses.weighted_objective(terms)(outputs, batch)
+
+    return loss_fn
+
+
 def make_loss_fn(model, heads, teacher_model, distill_config):
     """loss(params, batch, dropout_key, constants, teacher_params, hparams) -> (total, metrics).
 
@@ -138,11 +162,20 @@ def make_train_step(loss_fn, config, steps_per_epoch: int):
     return train_step
 
 
-def make_metric_sums_fn(model, ks):
-    """metric_sums(params, batch, constants) -> weighted sums of every rank metric (all and cold)."""
+def make_metric_sums_fn(model, ks, chunk_size: int = 0):
+    """metric_sums(params, batch, constants) -> weighted sums of every rank metric (all and cold).
+
+    chunk_size > 0 ranks the catalogue that many columns at a time (evaluation.chunked_target_ranks),
+    never holding the batch's (B, N + 1) scores; 0 scores it in one matrix.
+    """
 
     def metric_sums(params, batch, constants):
-        ranking = model.apply({"params": params["model"]}, batch["items"], batch["lengths"], train=False)["ranking"]
-        return evaluation.weighted_metric_sums(ranking, batch["targets"], batch["weights"], constants["cold_mask"], ks)
+        variables = {"params": params["model"]}
+        if chunk_size:
+            ranks = model.apply(variables, batch["items"], batch["lengths"], batch["targets"], chunk_size, method=type(model).target_ranks)
+        else:
+            ranking = model.apply(variables, batch["items"], batch["lengths"], train=False)["ranking"]
+            ranks = evaluation.target_ranks(ranking, batch["targets"])
+        return evaluation.weighted_metric_sums(ranks, batch["targets"], batch["weights"], constants["cold_mask"], ks)
 
     return metric_sums
