@@ -1,6 +1,6 @@
 """How the train step, memory and evaluation grow with the catalogue: synthetic data at N items.
 
-  python -m launch.bench_scale [--sizes=40000,1000000,10000000] [--seconds=10] [--out=docs/results/bench_scale_cpu_DATE.json]
+  python -m launch.bench_scale [--sizes=40000,1000000,10000000] [--step_seconds=10] [--results_out=docs/results/bench_scale_cpu_DATE.json]
 
 One row per (num_items, stage, loss), each measured in a fresh process (so `peak_rss_mb` is that
 row's alone): the teacher (dense table) and the student (the custom-data STTD table at 30x, the KD
@@ -28,10 +28,10 @@ import numpy as np
 from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["40000", "1000000", "10000000"], "Catalogue sizes (synthetic items).")
-_SECONDS = flags.DEFINE_float("seconds", 10.0, "Timed training seconds a row, at least (after compilation).")
+_SECONDS = flags.DEFINE_float("step_seconds", 10.0, "Timed training seconds a row, at least (after compilation).")
 _EVENTS = flags.DEFINE_integer("events", 400_000, "Synthetic clicks a row generates (its batches and test sessions).")
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 10_000, "Test sessions evaluated a row.")
-_OUT = flags.DEFINE_string("out", "", "JSON output path (default docs/results/bench_scale_cpu_DATE.json); the plot goes beside it.")
+_OUT = flags.DEFINE_string("results_out", "", "JSON output path (default docs/results/bench_scale_cpu_DATE.json); the plot goes beside it.")
 _ROW = flags.DEFINE_string("row", "", "Internal: measure one NUM_ITEMS,STAGE,LOSS row in this process and print it.")
 _MEMORY_GB = flags.DEFINE_float("memory_gb", 24.0, "This machine's memory: full-softmax rows whose tables would not fit are skipped.")
 
@@ -202,7 +202,7 @@ def main(argv):
                     continue
                 flags_passed = [
                     f"--row={num_items},{stage},{loss}",
-                    f"--seconds={_SECONDS.value}",
+                    f"--step_seconds={_SECONDS.value}",
                     f"--events={_EVENTS.value}",
                     f"--eval_examples={_EVAL_EXAMPLES.value}",
                 ]
