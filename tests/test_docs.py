@@ -50,3 +50,12 @@ def test_relative_links_resolve(page):
         if "://" not in target and not target.startswith("mailto:") and not (page.parent / target).exists()
     ]
     assert not missing, f"{page.relative_to(REPO)} links to missing files: {missing}"
+
+
+def test_pages_named_in_prose_exist():
+    """'docs/NAME.md' written out (not as a link) in the README, the docs and the code names a page that exists."""
+    mentioned = set()
+    for path in [REPO / "README.md", *DOCS.glob("*.md"), *(REPO / "rec_kd").rglob("*.py"), *(REPO / "launch").rglob("*.py")]:
+        mentioned |= {(path.name, name) for name in re.findall(r"docs/([\w-]+\.md)", path.read_text())}
+    missing = sorted((where, name) for where, name in mentioned if not (DOCS / name).exists())
+    assert not missing, f"pages named but missing: {missing}"
