@@ -285,7 +285,10 @@ def write_report(runs: list[dict], out: str, preamble: str | None = None) -> str
     return text
 
 
-README_BEGIN = "<!-- results table: generated from docs/results/ by `python -m launch.report --runs=RUNS --out=docs --readme=README.md` -->"
+README_BEGIN = (
+    "<!-- results table: generated from docs/results/ by "
+    "`python -m launch.report --runs=RUNS --out=docs --preamble=docs/results_preamble.md --readme=README.md` -->"
+)
 README_END = "<!-- end of the results table -->"
 README_DATASETS = ("tmall", "retailrocket")
 REFIT = PROTOCOL_LABELS["refit on train+valid for the epochs selected on valid"]

@@ -23,8 +23,9 @@ class ConfigError(ValueError):
 
 DATASETS = ("tmall", "retailrocket", "yoochoose1_64", "beauty", "ml-100k")
 CUSTOM = "custom"
-# data.format of a custom dataset: the reader of rec_kd/data that reads data.path.
-FORMATS = ("srgnn", "user_sequences", "inter", "events", "synthetic")
+# data.format of a custom dataset read from a file: the reader of rec_kd/data that reads data.path
+# (data.format="synthetic" reads no file: rec_kd/data/synthetic.py generates the sessions).
+FORMATS = ("srgnn", "user_sequences", "inter", "events")
 # Table kinds of rec_kd/compress besides the main 'sttd': each is also a student variant.
 TABLE_VARIANTS = ("tt", "dense", "lowrank", "hash", "qr", "mixed_dim", "codes")
 VARIANTS = ("full", "ce", "kd", "kd_cl", *TABLE_VARIANTS)

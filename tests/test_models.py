@@ -329,8 +329,7 @@ def test_the_repeat_bonus_moves_the_ranking_of_the_sessions_items_and_nothing_el
         build_model(config, 9)
 
 
-@pytest.mark.parametrize("row_seed", [None, 5])
-def test_chunked_target_ranks_equal_the_full_rankings(row_seed):
+def test_chunked_target_ranks_equal_the_full_rankings():
     """SeqRecModel.target_ranks (evaluation past a catalogue size) ranks as __call__'s `ranking` does,
     copy and repeat bonuses and a shuffled row map included, for chunks that do not divide the catalogue."""
     num_items = 53
@@ -343,7 +342,7 @@ def test_chunked_target_ranks_equal_the_full_rankings(row_seed):
         table_spec=spec,
         copy_bonus=True,
         repeat_bonus=0.7,
-        row_order_seed=row_seed,
+        row_order_seed=5,
     )
     rng = np.random.default_rng(4)
     items = rng.integers(1, num_items + 1, size=(16, 6)).astype(np.int32)
@@ -354,7 +353,7 @@ def test_chunked_target_ranks_equal_the_full_rankings(row_seed):
     ranking = model.apply({"params": params}, jnp.asarray(items), jnp.asarray(lengths))["ranking"]
     want = np.asarray(evaluation.target_ranks(ranking, targets))
     assert 0 < (want < 3).sum() < 16  # the bonuses lift some targets to the top, not all
-    for chunk_size in (5, 54, 100):
+    for chunk_size in (5, 100):  # chunks that do not divide the catalogue; one chunk past it
         got = model.apply(
             {"params": params}, jnp.asarray(items), jnp.asarray(lengths), targets, chunk_size, method=SeqRecModel.target_ranks
         )

@@ -156,13 +156,13 @@ def test_the_models_sampled_scores_are_its_catalogue_scores_at_those_ids():
 def tiny_synthetic(arg: str, teacher_workdir: str = ""):
     config = defaults.get_config(defaults.CUSTOM, arg)
     config.data.format = "synthetic"
-    config.data.synthetic.update(num_items=3000, num_events=12_000, num_clusters=30, seed=5)
+    config.data.synthetic.update(num_items=3000, num_events=8_000, num_clusters=30, seed=5)
     config.data.max_len = 10
     config.data.buckets = (10,)
     config.model.hidden_dim = config.model.inner_dim = 16
     config.train.loss = "sampled"
     config.train.sampled.num_negatives = 200
-    config.train.num_epochs = 2
+    config.train.num_epochs = 1
     config.train.checkpoint_every_steps = 1000
     config.train.log_every_steps = 10
     config.teacher_workdir = teacher_workdir
