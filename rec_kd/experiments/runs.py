@@ -120,7 +120,7 @@ def load_teacher(config, data: data_lib.SessionData, sharding=None, phase: str =
     if teacher_config.dataset != config.dataset:
         raise ConfigError(f"{config_path}: teacher was trained on {teacher_config.dataset!r}, the student is on {config.dataset!r}")
     generated = (teacher_config.data.get("synthetic", {}), config.data.get("synthetic", {}))
-    if config.data.get("format") == "synthetic" and generated[0] != generated[1]:  # one dataset name, many datasets
+    if config.data.get("format") == data_lib.synthetic.NAME and generated[0] != generated[1]:  # one dataset name, many datasets
         teacher_data, student_data = (dict(fields) for fields in generated)
         raise ConfigError(f"{config_path}: teacher was trained on data.synthetic {teacher_data}, the student is on {student_data}")
     if teacher_config.data.max_len != config.data.max_len:

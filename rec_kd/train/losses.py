@@ -49,12 +49,17 @@ def rec_loss(outputs, batch, reduction: str = "mean"):
     return loss, {"loss/rec": loss}
 
 
+def soft_target_kl(teacher_logits: jax.Array, student_logits: jax.Array, batch, temperature: float, reduction: str):
+    """T^2 * KL(p_teacher || p_student) at temperature T over the logits' last axis, reduced over the batch."""
+    teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)  # (B,)
+    return temperature**2 * _reduce(kl, batch["weights"], reduction)
+
+
 def kd_loss(outputs, batch, temperature: float = 1.0, reduction: str = "mean"):
     """Soft targets: T^2 * KL(p_teacher || p_student) at temperature T over the full catalogue."""
-    teacher_log_probs = jax.nn.log_softmax(outputs["teacher_scores"] / temperature, axis=-1)
-    student_log_probs = jax.nn.log_softmax(outputs["scores"] / temperature, axis=-1)
-    kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)  # (B,)
-    loss = temperature**2 * _reduce(kl, batch["weights"], reduction)
+    loss = soft_target_kl(outputs["teacher_scores"], outputs["scores"], batch, temperature, reduction)
     return loss, {"loss/kd": loss}
 
 
@@ -115,11 +120,13 @@ def sampled_rec_loss(outputs, batch, reduction: str = "mean"):
 def sampled_kd_loss(outputs, batch, temperature: float = 1.0, reduction: str = "mean"):
     """kd_loss over the sampled set: T^2 KL(teacher || student) over each session's target and the candidates."""
     teacher = {**outputs, "positive": outputs["teacher_positive"], "candidates": outputs["teacher_candidates"]}
-    teacher_log_probs = jax.nn.log_softmax(sampled_logits(teacher, batch) / temperature, axis=-1)
-    student_log_probs = jax.nn.log_softmax(sampled_logits(outputs, batch) / temperature, axis=-1)
-    kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
-    loss = temperature**2 * _reduce(kl, batch["weights"], reduction)
+    loss = soft_target_kl(sampled_logits(teacher, batch), sampled_logits(outputs, batch), batch, temperature, reduction)
     return loss, {"loss/kd": loss}
+
+
+def enabled(terms: list[tuple[str, float, LossFn]]) -> list[tuple[str, float, LossFn]]:
+    """`terms` without those whose weight is a literal 0 (a traced member weight always keeps its term)."""
+    return [term for term in terms if not (isinstance(term[1], (int, float)) and term[1] == 0.0)]
 
 
 def sampled_objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
@@ -135,7 +142,7 @@ def sampled_objective_terms(distill_config=None) -> list[tuple[str, float, LossF
         ("rec", 1.0 - lam, sampled_rec_loss),
         ("kd", lam, functools.partial(sampled_kd_loss, temperature=distill_config.kd_temperature, reduction=distill_config.reduction)),
     ]
-    return [term for term in terms if not (isinstance(term[1], (int, float)) and term[1] == 0.0)]
+    return enabled(terms)
 
 
 def objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
@@ -159,7 +166,7 @@ def objective_terms(distill_config=None) -> list[tuple[str, float, LossFn]]:
         ),
         ("pred", distill_config.pred_weight, functools.partial(predictive_loss, reduction="mean")),
     ]
-    return [term for term in terms if not (isinstance(term[1], (int, float)) and term[1] == 0.0)]
+    return enabled(terms)
 
 
 def weighted_objective(terms: list[tuple[str, float, LossFn]]) -> LossFn:
