@@ -27,7 +27,7 @@ setuptools.setup(
     package_data={"rec_kd.serve": ["web_static/*.html", "web_static/*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "filelock>=3"],
         # The one formatter and linter (ruff.toml): `ruff format . && ruff check .`
         "dev": ["ruff==0.17.5"],
         # The embedded default dataset (MovieLens-100k) ships inside RecBole's wheel. Install it

@@ -8,8 +8,11 @@ everywhere.
 """
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import filelock
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,3 +51,46 @@ def data_dir() -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs of the real trainer (CI runs them too)")
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], object]], Path]:
+    """built_once(name, build) -> the folder `build(folder)` filled, once for the whole test session.
+
+    Many test files only need *a* trained smoke run (a teacher to distil from, a student to export).
+    Under pytest-xdist each worker is its own process with its own session fixtures, so the folder
+    lives where every worker of this session looks (the workers' shared temporary parent), and a
+    file lock makes the first worker build while the others wait and then reuse it. A failed build
+    leaves no "built" mark, so the next test to ask builds again from an empty folder, and fails as
+    loudly. Whoever uses a shared run only reads it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built_once"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], object]) -> Path:
+        folder, built = root / name, root / f"{name}.built"
+        with filelock.FileLock(str(root / f"{name}.lock")):
+            if not built.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                build(folder)
+                built.touch()
+        return folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def ml100k_teacher(built_once) -> Path:
+    """The small MovieLens-100k smoke teacher (tests/test_core_ml100k.py's SMALL settings), trained once."""
+    from tests.test_core_ml100k import run_ml100k
+
+    return built_once("ml100k_teacher", lambda workdir: run_ml100k("teacher,smoke", workdir))
+
+
+@pytest.fixture(scope="session")
+def ml100k_student(built_once, ml100k_teacher) -> Path:
+    """The small MovieLens-100k smoke student (main STTD table, full objective) of that teacher, trained once."""
+    from tests.test_core_ml100k import run_ml100k
+
+    return built_once("ml100k_student", lambda workdir: run_ml100k("student,smoke", workdir, f"--config.teacher_workdir={ml100k_teacher}"))

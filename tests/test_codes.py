@@ -183,10 +183,8 @@ SMALL_CODES = ["--config.table.codes.codebook_size=16", "--config.table.codes.km
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("codes") / "teacher"
-    run_ml100k("teacher,smoke", workdir)
-    return workdir
+def teacher(ml100k_teacher):
+    return ml100k_teacher  # the suite's shared small smoke teacher (tests/conftest.py)
 
 
 def assert_codes_as_derived_and_export_equals_jax(student_dir, teacher_dir, tmp_path):

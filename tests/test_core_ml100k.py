@@ -53,10 +53,9 @@ def run_ml100k(arg: str, workdir: Path, *overrides: str, num_devices: int = 1, c
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("ml100k") / "teacher_1dev"
-    run_ml100k("teacher,smoke", workdir)
-    return workdir
+def teacher(ml100k_teacher) -> Path:
+    """One device; the suite's shared smoke teacher (tests/conftest.py) is exactly this run."""
+    return ml100k_teacher
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +95,11 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(teacher_four_dev
     assert_same_losses(workdir, teacher_four_devices)  # one writer: process 0 only
 
 
-def test_student_four_devices_equal_one(teacher, tmp_path):
-    for devices in (1, 4):
-        run_ml100k("student,smoke", tmp_path / f"student_{devices}", f"--config.teacher_workdir={teacher}", num_devices=devices)
-    assert_same_losses(tmp_path / "student_4", tmp_path / "student_1")
-    student = results(tmp_path / "student_1")
+def test_student_four_devices_equal_one(teacher, ml100k_student, tmp_path):
+    # One device: the suite's shared smoke student (tests/conftest.py), this teacher's.
+    run_ml100k("student,smoke", tmp_path / "student_4", f"--config.teacher_workdir={teacher}", num_devices=4)
+    assert_same_losses(tmp_path / "student_4", ml100k_student)
+    student = results(ml100k_student)
     assert student["stage"] == "student" and student["variant"] == "full"
     # ml-100k's factors at rank 16 (width 32 = 8 x 4, t = 2): 36*8*16 + 47*4*16*1/4 = 4,608 + 752.
     assert student["params"]["item_table"] == 5360

@@ -116,6 +116,7 @@ def test_truncated_xz(tmp_path):
         (([[1], [2, 2**70]], [3, 4]), f"item id {2**70}"),
         (([[1], [2]], [3, 0]), "target 1 is item id 0"),
         (([[1], [2]], [-3, 1]), "target 0 is item id -3"),
+        (([[1], [2]], [3, -(2**70)]), f"target 1 is item id {-(2**70)}"),
         (([[1], [2]], [3, 4.0]), "target 1 is a non-integer item id 4.0"),
     ],
 )

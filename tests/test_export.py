@@ -319,14 +319,9 @@ def test_factored_scoring_needs_two_cores(tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_ml_100k_smoke_export_and_cli(tmp_path):
-    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    for config, workdir, extra in (
-        ("teacher,smoke", teacher_dir, []),
-        ("student,smoke", student_dir, [f"--config.teacher_workdir={teacher_dir}"]),
-    ):
-        result = run_cli("rec_kd.main", f"--config=configs/ml_100k.py:{config}", f"--workdir={workdir}", *extra)
-        assert result.returncode == 0, result.stderr[-2000:]
+def test_end_to_end_ml_100k_smoke_export_and_cli(ml100k_teacher, ml100k_student, tmp_path):
+    # The suite's shared small smoke runs (tests/conftest.py), trained by `python -m rec_kd.main`.
+    teacher_dir, student_dir = ml100k_teacher, ml100k_student
     jax_answer = json.loads(run_cli("rec_kd.serve.recommend", f"--workdir={student_dir}", "--session=3,17,42").stdout)
     for mode in ("materialized", "factored"):
         result = run_cli("rec_kd.serve.export", f"--workdir={student_dir}", f"--out={tmp_path / mode}", f"--mode={mode}")

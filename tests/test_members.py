@@ -50,12 +50,12 @@ def assert_same_metrics(member_dir: Path, solo_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def teacher_members(tmp_path_factory):
-    """Three teachers at once (seeds 0, 1, 2; the third at another learning rate), then each alone."""
+    """Two teachers at once (seeds 0 and 1, the second at another learning rate), then each alone."""
     root = tmp_path_factory.mktemp("members")
-    fields = [dict(seed=0), dict(seed=1), dict(seed=2, train__learning_rate=3e-3)]
-    member_dirs = [root / f"member_{i}" for i in range(3)]
+    fields = [dict(seed=0), dict(seed=1, train__learning_rate=3e-3)]
+    member_dirs = [root / f"member_{i}" for i in range(2)]
     results = loop.train_members([small_config("teacher", **f) for f in fields], [str(d) for d in member_dirs])
-    solo_dirs = [root / f"solo_{i}" for i in range(3)]
+    solo_dirs = [root / f"solo_{i}" for i in range(2)]
     for f, solo_dir in zip(fields, solo_dirs, strict=True):
         loop.train_and_evaluate(small_config("teacher", **f), str(solo_dir))
     return results, member_dirs, solo_dirs
@@ -66,7 +66,7 @@ def test_each_vmapped_teacher_matches_its_run_alone(teacher_members):
     for member_dir, solo_dir in zip(member_dirs, solo_dirs, strict=True):
         assert_same_run(member_dir, solo_dir)
     # The members really differ (seeds and learning rate reach the step).
-    assert len({round(r["test"]["mrr@20"], 6) for r in results}) == 3
+    assert len({round(r["test"]["mrr@20"], 6) for r in results}) == 2
 
 
 def test_vmapped_students_with_a_zero_and_a_traced_weight_match_their_runs_alone(teacher_members, tmp_path):

@@ -96,15 +96,14 @@ def parse_examples(obj: object, path: str) -> tuple[list, session_data.Prefixes]
     if not set(map(type, targets)) <= {int}:
         k = _first_index(targets, lambda t: type(t) is not int)
         raise DataError(f"{path}: target {k} is a non-integer item id {targets[k]!r}")
-    clip = _clip_to_checkable_range
-    flat = np.fromiter(map(clip, itertools.chain.from_iterable(seqs)), np.int64, int(lengths.sum()))
+    flat = _int64_ids(lambda: itertools.chain.from_iterable(seqs), int(lengths.sum()))
     starts = np.cumsum(lengths) - lengths  # (n,)
     bad = np.flatnonzero((flat < 1) | (flat > session_data.INT32_MAX))
     if bad.size:
         k = int(np.searchsorted(starts, bad[0], side="right")) - 1
         item = seqs[k][int(bad[0] - starts[k])]
         raise DataError(f"{path}: sequence {k} has item id {item}; ids must be >= 1 (0 is padding)")
-    target_array = np.fromiter(map(clip, targets), np.int64, len(targets))  # (n,)
+    target_array = _int64_ids(lambda: iter(targets), len(targets))  # (n,)
     bad = np.flatnonzero((target_array < 1) | (target_array > session_data.INT32_MAX))
     if bad.size:
         k = int(bad[0])
@@ -112,9 +111,17 @@ def parse_examples(obj: object, path: str) -> tuple[list, session_data.Prefixes]
     return seqs, session_data.Prefixes(flat, starts, lengths, target_array)
 
 
-def _clip_to_checkable_range(item: int) -> int:
-    """Clips into [0, 2**31] so ids beyond int64 cannot overflow; they still fail the range check."""
-    return min(max(item, 0), session_data.INT32_MAX + 1)
+def _int64_ids(ids, count: int) -> np.ndarray:
+    """(count,) int64 of the Python ints `ids()` yields; an id beyond int64 becomes one the range check refuses.
+
+    The direct conversion is the fast path (a Tmall file's 3M ids in a fraction of the time a Python
+    clip per id took); only a file holding an id that overflows int64 pays for clipping each id into
+    [0, 2**31], where it still fails the 1..INT32_MAX check with its own value named.
+    """
+    try:
+        return np.fromiter(ids(), np.int64, count)
+    except OverflowError:
+        return np.fromiter((min(max(item, 0), session_data.INT32_MAX + 1) for item in ids()), np.int64, count)
 
 
 def _describe(value: object) -> str:

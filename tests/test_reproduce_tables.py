@@ -1,0 +1,13 @@
+"""The tables launch/reproduce.py sizes for its rows, against hand-counted parameters."""
+
+from launch import reproduce
+
+
+def test_the_tt_row_takes_the_largest_rank_within_the_main_sttd_tables_parameters():
+    main = reproduce.main_spec("tmall", 40_727)
+    # Main STTD (t = 2): core 1 is 169 x 16 x 60 = 162,240; core 2 is (60/2) x 241 x (8/2) = 28,920.
+    assert main.num_params() == 162_240 + 28_920 == 191_160
+    tt = reproduce.tt_spec(main)
+    # t = 1 on the same factors: 169 x 16 x R + R x 241 x 8 = 4,632 R; R = 41 fits (189,912), 42 does not (194,544).
+    assert (tt.item_factors, tt.dim_factors, tt.t, tt.ranks) == ((169, 241), (16, 8), 1, (41,))
+    assert tt.num_params() == 4_632 * 41 <= main.num_params() < 4_632 * 42
