@@ -4,6 +4,7 @@
   python -m launch.bench --data_dir=../shared/data --batch_sizes=100 --members=1,8 --eval=false   # vmapped seeds
   python -m launch.bench --data_dir=../shared/data --stages=student --variants=full,kd_cl,kd,ce --batch_sizes=100 --eval=false
   python -m launch.bench --data_dir=../shared/data --stages=teacher --losses=full,sampled --batch_sizes=100 --eval=false
+  python -m launch.bench --data_dir=../shared/data --stages=teacher --losses=full,sampled --table_updates=dense,rows --eval=false
 
 Training: examples/s of the real jitted train step (optimizer included, fp32), over batches drawn
 from Tmall's training split in the trainer's own order (so the real length mix and buckets), with
@@ -15,7 +16,8 @@ contrastive and predictive losses and their heads, `ce` the teacher as well), ea
 variant, so what a loss costs is a ratio measured in one process. --losses=full,sampled times the
 full softmax and the sampled one (train.loss, rec_kd/train/sampling.py) the same way; a sampled row's
 floor is still the full catalogue's cross-entropy, so its step_over_floor says how far below the
-full softmax's own floor the sampled step gets.
+full softmax's own floor the sampled step gets. --table_updates=dense,rows times the sampled teacher
+with both updates of its table (train.table_update, rec_kd/train/row_sparse.py).
 With --members=1,8, each (stage, batch size) is also timed as N members (seeds 0..N-1) trained by
 one vmapped step (rec_kd.train.members.build_run, the program of rec_kd.train.loop.train_members): `model_examples_per_s` counts every
 member's examples, and `speedup_vs_sequential` divides it by the one-member rate, i.e. N models
@@ -61,6 +63,9 @@ _SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed training seconds per (stag
 _FLOOR_CALLS = flags.DEFINE_integer("floor_calls", 30, "Timed calls of each floor program (after one to compile).")
 _VARIANTS = flags.DEFINE_list("variants", ["full"], "Student variants to time (rec_kd.defaults.VARIANTS), e.g. full,kd,ce.")
 _LOSSES = flags.DEFINE_list("losses", ["full"], "Recommendation losses to time (train.loss): full, sampled.")
+_TABLE_UPDATES = flags.DEFINE_list(
+    "table_updates", ["dense"], "Teacher table updates to time with the sampled loss (train.table_update): dense, rows."
+)
 _EVAL = flags.DEFINE_bool("eval", True, "Also time full-ranking evaluation of the test split.")
 
 
@@ -71,10 +76,13 @@ def random_teacher(config, data, placement) -> runs.Teacher:
     return runs.Teacher(model=model, params=params, step=0, workdir="(random init)", config=teacher_config)
 
 
-def time_training(stage: str, batch_size: int, data, placement, num_members: int = 1, variant: str = "full", loss: str = "full") -> dict:
+def time_training(
+    stage: str, batch_size: int, data, placement, num_members: int = 1, variant: str = "full", loss: str = "full", table_update="dense"
+) -> dict:
     config = defaults.get_config(data.name, f"student,{variant}" if stage == "student" else stage)
     config.train.batch_size = batch_size
     config.train.loss = loss
+    config.train.table_update = table_update
     buckets = data_lib.bucket_lengths(config.data.max_len, tuple(config.data.buckets))
     batches = data_lib.train_batches(data.train, batch_size, data_seed=0, epoch=0, buckets=buckets)
     teacher = random_teacher(config, data, placement) if stage == "student" else None
@@ -109,6 +117,7 @@ def time_training(stage: str, batch_size: int, data, placement, num_members: int
         "stage": stage,
         "variant": config.variant,
         "loss": loss,
+        "table_update": table_update,
         "batch_size": batch_size,
         "members": num_members,
         "model_examples_per_s": num_members * examples / seconds,
@@ -241,8 +250,14 @@ def main(argv):
     }
     timed = [(stage, variant) for stage in _STAGES.value for variant in (_VARIANTS.value if stage == "student" else ["teacher"])]
     for stage, variant in timed:
-        for batch_size, loss in ((int(size), loss) for size in _BATCH_SIZES.value for loss in _LOSSES.value):
-            rows = [time_training(stage, batch_size, data, placement, int(n), variant, loss) for n in _MEMBERS.value]
+        settings = [
+            (int(size), loss, update)
+            for size in _BATCH_SIZES.value
+            for loss in _LOSSES.value
+            for update in (_TABLE_UPDATES.value if loss == "sampled" and stage == "teacher" else ["dense"])
+        ]
+        for batch_size, loss, update in settings:
+            rows = [time_training(stage, batch_size, data, placement, int(n), variant, loss, update) for n in _MEMBERS.value]
             single = next((row for row in rows if row["members"] == 1), None)
             for row in rows:
                 if single is not None:

@@ -236,6 +236,9 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     sampled.in_batch = True  # the batch's other targets are negatives too
     sampled.proposal = "popularity"  # or 'uniform'; popularity: training-target frequency (+1)
     sampled.log_q_correction = True
+    # How a dense item table (the teacher's) is updated: 'dense' (Adam over every row, every step) or
+    # 'rows' (with train.loss='sampled': Adam over the rows the step reads, rec_kd/train/row_sparse.py).
+    config.train.table_update = "dense"
     # Evaluation batch size (a multiple of the device count).
     config.train.eval_batch_size = 500
     # Columns scored at a time in evaluation (evaluation.chunked_target_ranks): -1 picks by catalogue size

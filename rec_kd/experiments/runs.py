@@ -184,6 +184,7 @@ ADDED_FIELDS = {
     "train.sampled.in_batch": True,
     "train.sampled.proposal": "popularity",
     "train.sampled.log_q_correction": True,
+    "train.table_update": "dense",
 }
 
 

@@ -198,13 +198,18 @@ class SeqRecModel(nn.Module):
             ranking = jnp.where(session_item_mask(items, lengths, scores.shape[1]), scores + self.repeat_bonus, scores)
         return {"session": session, "table": table, "scores": scores, "ranking": ranking}
 
-    def sampled_scores(self, items: jax.Array, lengths: jax.Array, targets: jax.Array, candidates: jax.Array, train: bool = False):
+    def sampled_scores(self, items, lengths, targets, candidates, train: bool = False, rows: jax.Array | None = None):
         """The scores a sampled softmax needs, never the catalogue's: {'session': (B, D), 'positive': (B,)
         each session's score of its own target, 'candidates': (B, M) every session's scores of the shared
-        candidate ids (M,)}, copy bonus included (repeat_bonus only ranks, it never trains)."""
-        session = self.encode(self.rows, items, lengths, train)
-        positive = jnp.sum(session * self.rows(targets), axis=-1)
-        scores = session @ self.rows(candidates).T
+        candidate ids (M,)}, copy bonus included (repeat_bonus only ranks, it never trains).
+
+        `rows`: None, or a (U, D) block of the table's rows (a row-sparse step, train.table_update='rows');
+        items, targets and candidates are then local ids into it (local id 0 is the padding row).
+        """
+        lookup = self.rows if rows is None else (lambda ids: rows[ids])
+        session = self.encode(lookup, items, lengths, train)
+        positive = jnp.sum(session * lookup(targets), axis=-1)
+        scores = session @ lookup(candidates).T
         if self.copy_bonus:
             real = position_mask(lengths, items.shape[1])
             target_held = jnp.any(real & (items == targets[:, None]), axis=1) & (targets != 0)

@@ -22,7 +22,7 @@ from rec_kd.compress import codes
 from rec_kd.defaults import ConfigError
 from rec_kd.experiments.runs import Teacher
 from rec_kd.models import DistillHeads, build_model, table_kind
-from rec_kd.train import sampling, step
+from rec_kd.train import row_sparse, sampling, step
 from rec_kd.train.sharding import Placement
 
 # Config fields that may differ between the members of one run. `seed` enters through each
@@ -154,13 +154,17 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
         sampling.check_sampled_config(config, data.num_items)
         constants.update(sampling.sampling_constants(data.train.targets, data.num_items))
     constants = placement.replicate(constants)
+    table_name = model.spec.param_name
+    row_sparse_table = row_sparse.table_update(config) == "rows"
+    if row_sparse_table:
+        row_sparse.check_rows_config(sampling.loss_kind(config), table_kind(config))
 
     def init_member(seed):
         params = step.init_params(config, model, heads, step.model_keys(seed)[0])
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(step.trained_params(params))}
+        opt_state = step.init_opt_state(optimizer, params, table_name if row_sparse_table else None)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
 
     init_program = jax.jit(lambda: over_members(init_member, (0,), num_members)(members["seed"]), out_shardings=placement.replicated)
-    table_name = model.spec.param_name
 
     def init_state(table=None):
         """A fresh state; `table` (derived_tables: the item table's parameters, stacked for N > 1) replaces the drawn one."""
@@ -174,9 +178,13 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
         loss_fn = step.make_sampled_loss_fn(model, teacher_model, distill, config.train.sampled)
     else:
         loss_fn = step.make_loss_fn(model, heads, teacher_model, distill)
+    if row_sparse_table:
+        train_step = step.make_row_sparse_train_step(loss_fn, config, steps_per_epoch, table_name, config.train.sampled)
+    else:
+        train_step = step.make_train_step(loss_fn, config, steps_per_epoch)
     train_step = jax.jit(
         over_members(
-            step.make_train_step(loss_fn, config, steps_per_epoch),
+            train_step,
             (0, None, None, None, 0),
             num_members,
             lambda outputs: (outputs[0], with_member_axis(outputs[1])),

@@ -15,24 +15,31 @@ import optax
 from rec_kd import evaluation
 from rec_kd.defaults import ConfigError
 from rec_kd.models import init_model_params
-from rec_kd.train import losses, sampling
+from rec_kd.train import losses, row_sparse, sampling
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, learning_rate=None):
+    """The config's learning rate: a float (schedule 'constant') or an optax schedule of the update count.
+
+    `learning_rate` (a member's traced value) replaces the config's peak.
+    """
+    train = config.train
+    peak = train.learning_rate if learning_rate is None else learning_rate
+    if train.schedule == "constant":
+        return peak
+    if train.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, train.warmup_steps, max(train.num_epochs * steps_per_epoch, train.warmup_steps + 1)
+        )
+    raise ConfigError(f"train.schedule={train.schedule!r}: expected 'constant' or 'cosine'")
 
 
 def make_optimizer(config, steps_per_epoch: int, learning_rate=None) -> optax.GradientTransformation:
     """Adam(W) with the config's schedule; `learning_rate` (a member's traced value) replaces the config's."""
-    train = config.train
-    peak = train.learning_rate if learning_rate is None else learning_rate
-    if train.schedule == "constant":
-        learning_rate = peak
-    elif train.schedule == "cosine":
-        learning_rate = optax.warmup_cosine_decay_schedule(
-            0.0, peak, train.warmup_steps, max(train.num_epochs * steps_per_epoch, train.warmup_steps + 1)
-        )
-    else:
-        raise ConfigError(f"train.schedule={train.schedule!r}: expected 'constant' or 'cosine'")
-    if train.weight_decay:
-        return optax.adamw(learning_rate, weight_decay=train.weight_decay)
-    return optax.adam(learning_rate)
+    schedule = learning_rate_schedule(config, steps_per_epoch, learning_rate)
+    if config.train.weight_decay:
+        return optax.adamw(schedule, weight_decay=config.train.weight_decay)
+    return optax.adam(schedule)
 
 
 def model_keys(seed):
@@ -79,20 +86,33 @@ def distill_view(distill_config, hparams: dict) -> types.SimpleNamespace:
     return types.SimpleNamespace(**values)
 
 
+def sampled_candidates(dropout_key, batch, constants, sampled):
+    """(ids, log Q, targets' log Q) of a sampled step (sampling.candidates), from the step's dropout key.
+
+    The negatives are drawn from that key folded with sampling.SAMPLING_STREAM, so a step's
+    candidates are a function of (seed, step) like its dropout, and a resumed run draws the same.
+    """
+    return sampling.candidates(jax.random.fold_in(dropout_key, sampling.SAMPLING_STREAM), batch["targets"], sampled, constants)
+
+
 def make_sampled_loss_fn(model, teacher_model, distill_config, sampled):
     """make_loss_fn's loss for train.loss='sampled': the rec and KD losses over a candidate set, no catalogue.
 
-    The negatives are drawn from the step's dropout key folded with sampling.SAMPLING_STREAM, so a
-    step's candidates are a function of (seed, step) like its dropout, and a resumed run draws the same.
+    `table_rows`, for a row-sparse update (make_row_sparse_train_step): {'block': the (U, d) rows
+    the step reads, 'items', 'targets', 'candidates': the batch's ids and the candidates' as local
+    ids into it (row_sparse.touched_rows)}; the model then reads its item vectors from the block.
     """
 
-    def loss_fn(params, batch, dropout_key, constants, teacher_params, hparams):
+    def loss_fn(params, batch, dropout_key, constants, teacher_params, hparams, table_rows=None):
         terms = losses.sampled_objective_terms(None if distill_config is None else distill_view(distill_config, hparams))
-        sample_key = jax.random.fold_in(dropout_key, sampling.SAMPLING_STREAM)
-        ids, log_q, positive_log_q = sampling.candidates(sample_key, batch["targets"], sampled, constants)
+        ids, log_q, positive_log_q = sampled_candidates(dropout_key, batch, constants, sampled)
         inputs = (batch["items"], batch["lengths"], batch["targets"], ids)
-        rngs = {"dropout": dropout_key}
-        student = model.apply({"params": params["model"]}, *inputs, train=True, rngs=rngs, method=type(model).sampled_scores)
+        variables, rngs, method = {"params": params["model"]}, {"dropout": dropout_key}, type(model).sampled_scores
+        if table_rows is None:
+            student = model.apply(variables, *inputs, train=True, rngs=rngs, method=method)
+        else:
+            local = (table_rows["items"], batch["lengths"], table_rows["targets"], table_rows["candidates"])
+            student = model.apply(variables, *local, train=True, rows=table_rows["block"], rngs=rngs, method=method)
         outputs = dict(student, candidate_ids=ids, candidate_log_q=log_q, positive_log_q=positive_log_q)
         if any(name == "kd" for name, _, _ in terms):
             teacher = teacher_model.apply({"params": teacher_params}, *inputs, train=False, method=type(teacher_model).sampled_scores)
@@ -158,6 +178,60 @@ def make_train_step(loss_fn, config, steps_per_epoch: int):
         params = with_trained(state["params"], optax.apply_updates(trained, updates))
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def without_table(trained, table_name: str):
+    """trained_params' tree with the item table's leaf set to None as well (the row-sparse update owns it)."""
+    return {**trained, "model": {**trained["model"], table_name: None}}
+
+
+def init_opt_state(optimizer, params, table_name: str | None = None):
+    """The optimizer state of fresh `params`: optax's over every trained leaf; with `table_name` (a
+    row-sparse table, train.table_update='rows') {'body': optax's over the rest, 'table': its moments}."""
+    trained = trained_params(params)
+    if table_name is None:
+        return optimizer.init(trained)
+    return {"body": optimizer.init(without_table(trained, table_name)), "table": row_sparse.init_moments(params["model"][table_name])}
+
+
+def make_row_sparse_train_step(loss_fn, config, steps_per_epoch: int, table_name: str, sampled):
+    """make_train_step for train.table_update='rows': the dense table's read rows get a row-sparse Adam update.
+
+    The step gathers the rows it reads (the batch's items and targets and the sampled candidates:
+    row_sparse.touched_rows) into a (U, d) block, takes the loss's gradient with respect to that
+    block and the other trained parameters, updates the block's rows with row_sparse.adam_rows and
+    the rest with make_optimizer's Adam: no (N + 1, d) gradient and no whole-table update.
+    `loss_fn` is make_sampled_loss_fn's; it draws the candidates again from the same key (XLA
+    computes them once).
+    """
+
+    def train_step(state, batch, constants, teacher_params, member):
+        dropout_key = jax.random.fold_in(model_keys(member["seed"])[1], state["step"])
+        params = state["params"]
+        table = params["model"][table_name]
+        candidate_ids = sampled_candidates(dropout_key, batch, constants, sampled)[0]
+        rows, local = row_sparse.touched_rows([batch["items"], batch["targets"], candidate_ids], table.shape[0])
+        block = table.at[rows].get(mode="fill", fill_value=0.0)
+        body = without_table(trained_params(params), table_name)
+
+        def loss_of(body, block):
+            table_rows = dict(zip(("items", "targets", "candidates"), local, strict=True), block=block)
+            return loss_fn(with_trained(params, body), batch, dropout_key, constants, teacher_params, member["hparams"], table_rows)
+
+        (body_grads, block_grads), metrics = jax.grad(loss_of, argnums=(0, 1), has_aux=True)(body, block)
+        learning_rate = member["hparams"].get("train.learning_rate")
+        optimizer = make_optimizer(config, steps_per_epoch, learning_rate)
+        updates, body_state = optimizer.update(body_grads, state["opt_state"]["body"], body)
+        params = with_trained(params, optax.apply_updates(body, updates))
+        rate = row_sparse.learning_rate_at(learning_rate_schedule(config, steps_per_epoch, learning_rate), state["step"])
+        table, moments = row_sparse.adam_rows(
+            table, state["opt_state"]["table"], rows, block_grads, state["step"], rate, config.train.weight_decay
+        )
+        params = {**params, "model": {**params["model"], table_name: table}}
+        metrics["train/grad_norm"] = optax.tree.norm((body_grads, block_grads))
+        return {"step": state["step"] + 1, "params": params, "opt_state": {"body": body_state, "table": moments}}, metrics
 
     return train_step
 
