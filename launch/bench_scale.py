@@ -32,12 +32,23 @@ _SECONDS = flags.DEFINE_float("step_seconds", 10.0, "Timed training seconds a ro
 _EVENTS = flags.DEFINE_integer("events", 400_000, "Synthetic clicks a row generates (its batches and test sessions).")
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 10_000, "Test sessions evaluated a row.")
 _OUT = flags.DEFINE_string("results_out", "", "JSON output path (default docs/results/bench_scale_cpu_DATE.json); the plot goes beside it.")
-_ROW = flags.DEFINE_string("row", "", "Internal: measure one NUM_ITEMS,STAGE,LOSS row in this process and print it.")
+_ROW = flags.DEFINE_string("row", "", "Internal: measure one NUM_ITEMS,STAGE,LOSS,TABLE_UPDATE row in this process and print it.")
+_TABLE_UPDATES = flags.DEFINE_list("table_updates", ["dense"], "The sampled teacher's table updates (train.table_update): dense, rows.")
 _MEMORY_GB = flags.DEFINE_float("memory_gb", 24.0, "This machine's memory: full-softmax rows whose tables would not fit are skipped.")
 
 BATCH_SIZE = 100
 STAGES = ("teacher", "student")
 LOSSES = ("full", "sampled")
+
+
+def row_settings(table_updates: list[str]) -> list[tuple[str, str, str]]:
+    """(stage, loss, table update) of every row at one size: the sampled teacher once per table update."""
+    return [
+        (stage, loss, update)
+        for stage in STAGES
+        for loss in LOSSES
+        for update in (table_updates if (stage, loss) == ("teacher", "sampled") else ["dense"])
+    ]
 
 
 def row_fits(num_items: int, stage: str, loss: str, memory_gb: float) -> str:
@@ -53,7 +64,7 @@ def row_fits(num_items: int, stage: str, loss: str, memory_gb: float) -> str:
     return ""
 
 
-def measure_row(num_items: int, stage: str, loss: str) -> dict:
+def measure_row(num_items: int, stage: str, loss: str, table_update: str = "dense") -> dict:
     """One row, in this process: build, compile, time steps, evaluate, read the peak RSS."""
     import jax
 
@@ -71,6 +82,7 @@ def measure_row(num_items: int, stage: str, loss: str) -> dict:
         config.data.max_eval_examples = _EVAL_EXAMPLES.value
         config.train.batch_size = BATCH_SIZE
         config.train.loss = loss
+        config.train.table_update = table_update if arg == "teacher" else "dense"
         return config
 
     started = time.perf_counter()
@@ -117,6 +129,7 @@ def measure_row(num_items: int, stage: str, loss: str) -> dict:
         "num_items": num_items,
         "stage": stage,
         "loss": loss,
+        "table_update": table_update,
         "table_kind": config.table.kind if stage == "student" else "dense",
         "batch_size": BATCH_SIZE,
         "step_s": float(np.median(step_seconds)),
@@ -136,25 +149,30 @@ def linear_at(target: int, a: dict, b: dict, key: str) -> float:
     return b[key] + (b[key] - a[key]) * (target - b["num_items"]) / (b["num_items"] - a["num_items"])
 
 
+def series(row: dict) -> tuple[str, str, str]:
+    """A row's series: (stage, loss, table update); rows from before the table update are 'dense'."""
+    return row["stage"], row["loss"], row.get("table_update", "dense")
+
+
 def projection(rows: list[dict], target: int = 100_000_000) -> list[dict]:
-    """Each (stage, loss) series' step_s and model_bytes at `target` items, linear in N through its two largest sizes."""
+    """Each series' step_s and model_bytes at `target` items, linear in N through its two largest sizes."""
     out = []
-    for stage in STAGES:
-        for loss in LOSSES:
-            series = sorted((r for r in rows if (r["stage"], r["loss"]) == (stage, loss)), key=lambda r: r["num_items"])
-            if len(series) < 2:
-                continue
-            a, b = series[-2], series[-1]
-            out.append(
-                {
-                    "num_items": target,
-                    "stage": stage,
-                    "loss": loss,
-                    "step_s": linear_at(target, a, b, "step_s"),
-                    "model_bytes": linear_at(target, a, b, "model_bytes"),
-                    "from": [a["num_items"], b["num_items"]],
-                }
-            )
+    for key in sorted({series(r) for r in rows}):
+        points = sorted((r for r in rows if series(r) == key), key=lambda r: r["num_items"])
+        if len(points) < 2:
+            continue
+        a, b = points[-2], points[-1]
+        out.append(
+            {
+                "num_items": target,
+                "stage": key[0],
+                "loss": key[1],
+                "table_update": key[2],
+                "step_s": linear_at(target, a, b, "step_s"),
+                "model_bytes": linear_at(target, a, b, "model_bytes"),
+                "from": [a["num_items"], b["num_items"]],
+            }
+        )
     return out
 
 
@@ -165,11 +183,11 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for stage in STAGES:
-        for loss, style in (("full", "-o"), ("sampled", "--s")):
-            points = sorted((r["num_items"], r["step_s"]) for r in rows if (r["stage"], r["loss"]) == (stage, loss))
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=f"{stage}, {loss} softmax")
+    for key in sorted({series(r) for r in rows}):
+        points = sorted((r["num_items"], r["step_s"]) for r in rows if series(r) == key)
+        style = "-o" if key[1] == "full" else ("--s" if key[2] == "dense" else ":^")
+        label = f"{key[0]}, {key[1]} softmax" + (", row-sparse Adam" if key[2] == "rows" else "")
+        ax.plot(*zip(*points, strict=True), style, label=label)
     ax.set(
         xscale="log",
         yscale="log",
@@ -187,35 +205,32 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv):
     del argv
     if _ROW.value:
-        num_items, stage, loss = _ROW.value.split(",")
-        print("ROW " + json.dumps(measure_row(int(num_items), stage, loss)))
+        num_items, stage, loss, table_update = _ROW.value.split(",")
+        print("ROW " + json.dumps(measure_row(int(num_items), stage, loss, table_update)))
         return
     out = _OUT.value or os.path.join("docs", "results", f"bench_scale_cpu_{time.strftime('%Y-%m-%d')}.json")
     rows, skipped = [], []
     for num_items in (int(size) for size in _SIZES.value):
-        for stage in STAGES:
-            for loss in LOSSES:
-                reason = row_fits(num_items, stage, loss, _MEMORY_GB.value)
-                if reason:
-                    skipped.append({"num_items": num_items, "stage": stage, "loss": loss, "reason": reason})
-                    print(f"skipping {num_items:,} {stage} {loss}: {reason}", file=sys.stderr)
-                    continue
-                flags_passed = [
-                    f"--row={num_items},{stage},{loss}",
-                    f"--step_seconds={_SECONDS.value}",
-                    f"--events={_EVENTS.value}",
-                    f"--eval_examples={_EVAL_EXAMPLES.value}",
-                ]
-                result = subprocess.run([sys.executable, "-m", "launch.bench_scale", *flags_passed], capture_output=True, text=True)
-                line = next((line for line in result.stdout.splitlines() if line.startswith("ROW ")), None)
-                if result.returncode != 0 or line is None:
-                    skipped.append(
-                        {"num_items": num_items, "stage": stage, "loss": loss, "reason": f"failed: {result.stderr.strip()[-500:]}"}
-                    )
-                    print(f"{num_items:,} {stage} {loss} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                rows.append(json.loads(line[4:]))
-                print(json.dumps(rows[-1]), file=sys.stderr)
+        for stage, loss, table_update in row_settings(_TABLE_UPDATES.value):
+            reason = row_fits(num_items, stage, loss, _MEMORY_GB.value)
+            if reason:
+                skipped.append({"num_items": num_items, "stage": stage, "loss": loss, "reason": reason})
+                print(f"skipping {num_items:,} {stage} {loss}: {reason}", file=sys.stderr)
+                continue
+            flags_passed = [
+                f"--row={num_items},{stage},{loss},{table_update}",
+                f"--step_seconds={_SECONDS.value}",
+                f"--events={_EVENTS.value}",
+                f"--eval_examples={_EVAL_EXAMPLES.value}",
+            ]
+            result = subprocess.run([sys.executable, "-m", "launch.bench_scale", *flags_passed], capture_output=True, text=True)
+            line = next((line for line in result.stdout.splitlines() if line.startswith("ROW ")), None)
+            if result.returncode != 0 or line is None:
+                skipped.append({"num_items": num_items, "stage": stage, "loss": loss, "reason": f"failed: {result.stderr.strip()[-500:]}"})
+                print(f"{num_items:,} {stage} {loss} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(line[4:]))
+            print(json.dumps(rows[-1]), file=sys.stderr)
     report = {
         "command": " ".join(["python -m launch.bench_scale", *sys.argv[1:]]),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")},

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
@@ -33,17 +34,18 @@ def params_digest(params: Any) -> str:
     Why: a checkpoint's step says where a training stopped, not which training it was; a teacher
     trained again (another machine, another CPU model) saves at the same steps with other values.
     The digest tells them apart, so a student can prove which teacher training it distilled from.
-    Leaves must be replicated (a model's parameters are, in every run): each process hashes its
-    own full copy, so every process gets the same digest. The paths are jax.tree_util.keystr's:
+    Each process hashes a full copy of every leaf (a leaf split over several processes, such as a
+    sharded item table, is gathered first), so every process gets the same digest. The paths are jax.tree_util.keystr's:
     a JAX or Flax upgrade that renamed them would change every digest (a student resumed across it
     would be refused its teacher).
     """
     digest = hashlib.sha256()
     for path, leaf in jax.tree.flatten_with_path(params)[0]:
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            if not leaf.sharding.is_fully_replicated:
-                raise ValueError(f"params_digest: {jax.tree_util.keystr(path)} is sharded; a digest needs replicated parameters")
-            leaf = leaf.addressable_shards[0].data
+            if leaf.sharding.is_fully_replicated:
+                leaf = leaf.addressable_shards[0].data
+            else:  # every process takes part, in the same tree order
+                leaf = multihost_utils.process_allgather(leaf, tiled=True)
         array = np.ascontiguousarray(np.asarray(leaf))
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.name}|{array.shape}|".encode())
         digest.update(array.tobytes())

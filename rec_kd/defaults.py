@@ -239,6 +239,10 @@ def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
     # How a dense item table (the teacher's) is updated: 'dense' (Adam over every row, every step) or
     # 'rows' (with train.loss='sampled': Adam over the rows the step reads, rec_kd/train/row_sparse.py).
     config.train.table_update = "dense"
+    # Split a dense item table (the teacher's), and its optimizer state, by rows over the 'data' mesh
+    # instead of copying it to every device, so a slice holds a table no single device does. The rows
+    # are padded to a multiple of 1,024 (models.SHARDED_TABLE_ROW_MULTIPLE); see docs/scaling.md.
+    config.train.shard_item_table = False
     # Evaluation batch size (a multiple of the device count).
     config.train.eval_batch_size = 500
     # Columns scored at a time in evaluation (evaluation.chunked_target_ranks): -1 picks by catalogue size

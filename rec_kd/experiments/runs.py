@@ -60,9 +60,12 @@ def load_trained(workdir: str, num_items: int, sharding=None, checkpoint: str = 
 
     `checkpoint` 'select' is a refit run's validation-selected model, trained on train alone.
     `num_items` must be the catalogue the run trained on; a mismatch is a ConfigError.
+    `sharding` places the parameters (None: on this process's first device, whatever layout the
+    run saved them in, e.g. a table split over 4 devices by train.shard_item_table).
     """
     config = read_run_config(workdir)
     model = build_model(config, num_items)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = {"params": jax.eval_shape(lambda: init_model_params(model, config.data.max_len, jax.random.key(0)))}
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
     manager = checkpointing.manager(os.path.join(workdir, "checkpoints", checkpoint), max_to_keep=1)
@@ -185,6 +188,7 @@ ADDED_FIELDS = {
     "train.sampled.proposal": "popularity",
     "train.sampled.log_q_correction": True,
     "train.table_update": "dense",
+    "train.shard_item_table": False,
 }
 
 

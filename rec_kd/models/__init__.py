@@ -3,6 +3,7 @@
 from rec_kd.models.distill_heads import DistillHeads
 from rec_kd.models.sasrec import (
     PADDING_LOGIT,
+    SHARDED_TABLE_ROW_MULTIPLE,
     SeqRecModel,
     build_model,
     init_model_params,
@@ -14,6 +15,7 @@ from rec_kd.models.sasrec import (
 __all__ = [
     "DistillHeads",
     "PADDING_LOGIT",
+    "SHARDED_TABLE_ROW_MULTIPLE",
     "SeqRecModel",
     "build_model",
     "init_model_params",

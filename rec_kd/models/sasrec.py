@@ -83,6 +83,9 @@ class SeqRecModel(nn.Module):
         teacher's soft targets and every gradient are the same at any bonus; what it changes is
         which items are recommended: the evaluation, and through it the epoch selection, early
         stopping and refit length, and the export (docs/findings.md, "Repeat bonus").
+      table_row_multiple: a dense table's rows are padded to a multiple of this, so they split evenly
+        over the devices that shard it (train.shard_item_table; 1: num_items + 1 rows). The padding
+        rows are never read: item_table() and every score stop at row num_items.
     """
 
     num_items: int
@@ -99,11 +102,14 @@ class SeqRecModel(nn.Module):
     row_map: str = ""
     repeat_bonus: float = 0.0
     copy_bonus: bool = False
+    table_row_multiple: int = 1
 
     @property
     def spec(self):
-        """The table spec; a dense (num_items + 1, hidden_dim) table when table_spec is None."""
-        return self.table_spec or dense.DenseSpec(self.num_items + 1, self.hidden_dim)
+        """The table spec; a dense (num_items + 1, hidden_dim) table, rows padded to table_row_multiple, when table_spec is None."""
+        if self.table_spec is not None:
+            return self.table_spec
+        return dense.DenseSpec(-(-(self.num_items + 1) // self.table_row_multiple) * self.table_row_multiple, self.hidden_dim)
 
     def setup(self):
         kernel_init, embedding_init, ln_init = initializers(self.init_scheme)
@@ -314,7 +320,13 @@ def build_model(config, num_items: int) -> SeqRecModel:
         row_map=row_map(config, num_items),
         repeat_bonus=finite_repeat_bonus(model_config.get("repeat_bonus", 0.0)),  # runs from before this field: 0
         copy_bonus=bool(model_config.get("copy_bonus", False)),  # runs from before this field: off
+        table_row_multiple=SHARDED_TABLE_ROW_MULTIPLE if config.train.get("shard_item_table", False) else 1,
     )
+
+
+# A sharded dense table's rows are padded to a multiple of this (train.shard_item_table): every
+# power-of-two device count up to it divides them, at a cost of fewer than 1,024 unused rows.
+SHARDED_TABLE_ROW_MULTIPLE = 1024
 
 
 # Why a bonus must be finite: inf would make every other item's ranking nan (0 * inf), and 1000 already

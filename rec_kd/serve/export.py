@@ -347,7 +347,10 @@ def build_graph(model, params, num_items: int, mode: str, k: int, quantize: str 
         table, cores = None, sttd.onnx_core_names(g, sttd.core_list(params[spec.param_name]))
         embedded = factored_lookup(g, cores, spec, items if row_of is None else g.op("Gather", row_of, items, axis=0))
     else:
-        cores, table = None, spec.onnx_table(g, params[spec.param_name])  # (rows, d): the stored weights, folded at load
+        weights = params[spec.param_name]
+        if model.table_spec is None:  # a dense table: the rows past num_items (train.shard_item_table's padding) stay behind
+            weights = weights[: num_items + 1]
+        cores, table = None, spec.onnx_table(g, weights)  # (rows, d): the stored weights, folded at load
         if row_of is not None:
             table = g.op("Gather", table, row_of, axis=0)  # (N + 1, d), in item order
         embedded = g.op("Gather", table, items, axis=0)

@@ -22,7 +22,7 @@ from rec_kd.compress import codes
 from rec_kd.defaults import ConfigError
 from rec_kd.experiments.runs import Teacher
 from rec_kd.models import DistillHeads, build_model, table_kind
-from rec_kd.train import row_sparse, sampling, step
+from rec_kd.train import row_sparse, sampling, sharding, step
 from rec_kd.train.sharding import Placement
 
 # Config fields that may differ between the members of one run. `seed` enters through each
@@ -147,24 +147,19 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
     num_members = len(configs)
     inputs = member_inputs(configs, hparam_fields)
     members = placement.replicate(inputs if num_members > 1 else jax.tree.map(lambda x: x[0], inputs))
-    cold_mask = ~data.hot_mask & (np.arange(data.num_items + 1) > 0)
-    constants = {"hot_mask": data.hot_mask, "cold_mask": cold_mask}
-    sampled = sampling.loss_kind(config) == "sampled"
-    if sampled:
-        sampling.check_sampled_config(config, data.num_items)
-        constants.update(sampling.sampling_constants(data.train.targets, data.num_items))
-    constants = placement.replicate(constants)
+    constants = placement.replicate(step_constants(config, data))
     table_name = model.spec.param_name
     row_sparse_table = row_sparse.table_update(config) == "rows"
-    if row_sparse_table:
-        row_sparse.check_rows_config(sampling.loss_kind(config), table_kind(config))
 
     def init_member(seed):
         params = step.init_params(config, model, heads, step.model_keys(seed)[0])
         opt_state = step.init_opt_state(optimizer, params, table_name if row_sparse_table else None)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
 
-    init_program = jax.jit(lambda: over_members(init_member, (0,), num_members)(members["seed"]), out_shardings=placement.replicated)
+    init_members = lambda: over_members(init_member, (0,), num_members)(members["seed"])  # noqa: E731
+    sharded_table = sharded_table_shape(config, model, placement)
+    state_sharding = sharding.state_shardings(jax.eval_shape(init_members), placement, sharded_table)
+    init_program = jax.jit(init_members, out_shardings=state_sharding)
 
     def init_state(table=None):
         """A fresh state; `table` (derived_tables: the item table's parameters, stacked for N > 1) replaces the drawn one."""
@@ -173,24 +168,15 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
             state["params"]["model"][table_name] = placement.replicate(table)
         return state
 
-    teacher_model, distill = (teacher.model if teacher else None), (config.distill if is_student else None)
-    if sampled:
-        loss_fn = step.make_sampled_loss_fn(model, teacher_model, distill, config.train.sampled)
-    else:
-        loss_fn = step.make_loss_fn(model, heads, teacher_model, distill)
-    if row_sparse_table:
-        train_step = step.make_row_sparse_train_step(loss_fn, config, steps_per_epoch, table_name, config.train.sampled)
-    else:
-        train_step = step.make_train_step(loss_fn, config, steps_per_epoch)
     train_step = jax.jit(
         over_members(
-            train_step,
+            one_model_step(config, model, heads, teacher, steps_per_epoch),
             (0, None, None, None, 0),
             num_members,
             lambda outputs: (outputs[0], with_member_axis(outputs[1])),
         ),
-        in_shardings=(placement.replicated, placement.batch, placement.replicated, placement.replicated, placement.replicated),
-        out_shardings=(placement.replicated, placement.replicated),
+        in_shardings=(state_sharding, placement.batch, placement.replicated, placement.replicated, placement.replicated),
+        out_shardings=(state_sharding, placement.replicated),
         donate_argnums=(0,),
     )
     eval_chunk_size = evaluation.eval_chunk_size(eval_chunk_items(config), model.num_items + 1)
@@ -201,18 +187,64 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
             num_members,
             with_member_axis,
         ),
-        in_shardings=(placement.replicated, placement.batch, placement.replicated),
+        in_shardings=(state_sharding["params"], placement.batch, placement.replicated),
         out_shardings=placement.replicated,
     )
-    if num_members > 1:
-        take_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=placement.replicated)
-        stack_members = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=placement.replicated)
-    else:
-        # The live state itself: safe to save because Orbax saves synchronously here (checkpointing.manager).
-        take_member, stack_members = (lambda tree, i: tree), (lambda tree: tree)
+    take_member, stack_members = member_converters(num_members, jax.eval_shape(lambda: init_member(0)), placement, sharded_table)
     return Run(
         init_state, init_state(), train_step, metric_sums, constants, teacher.params if teacher else {}, members, take_member, stack_members
     )
+
+
+def step_constants(config, data: data_lib.SessionData) -> dict:
+    """The step's constant arrays: the hot and cold item masks, and the sampled loss's frequencies."""
+    constants = {"hot_mask": data.hot_mask, "cold_mask": ~data.hot_mask & (np.arange(data.num_items + 1) > 0)}
+    if sampling.loss_kind(config) == "sampled":
+        sampling.check_sampled_config(config, data.num_items)
+        constants.update(sampling.sampling_constants(data.train.targets, data.num_items))
+    return constants
+
+
+def one_model_step(config, model, heads, teacher: Teacher | None, steps_per_epoch: int):
+    """The train step of one model (step.make_train_step, or its row-sparse form), before vmap and jit."""
+    teacher_model, distill = (teacher.model if teacher else None), (config.distill if config.stage == "student" else None)
+    if sampling.loss_kind(config) == "sampled":
+        loss_fn = step.make_sampled_loss_fn(model, teacher_model, distill, config.train.sampled)
+    else:
+        loss_fn = step.make_loss_fn(model, heads, teacher_model, distill)
+    if row_sparse.table_update(config) == "dense":
+        return step.make_train_step(loss_fn, config, steps_per_epoch)
+    row_sparse.check_rows_config(sampling.loss_kind(config), table_kind(config))
+    return step.make_row_sparse_train_step(loss_fn, config, steps_per_epoch, model.spec.param_name, config.train.sampled)
+
+
+def member_converters(num_members: int, member_shapes, placement: Placement, sharded_table):
+    """(take_member, stack_members): between the run's state and one member's, placed as the run places them."""
+    if num_members == 1:
+        # The live state itself: safe to save because Orbax saves synchronously here (checkpointing.manager).
+        return (lambda tree, i: tree), (lambda tree: tree)
+    member_sharding = sharding.state_shardings(member_shapes, placement, sharded_table)
+    take_member = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=member_sharding)
+
+    def stack(*trees):
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+    def stack_members(*trees):
+        """The members' trees (whole states, or a part of one) stacked, placed as the run's state places them."""
+        stacked = sharding.state_shardings(jax.eval_shape(stack, *trees), placement, sharded_table)
+        return jax.jit(stack, out_shardings=stacked)(*trees)
+
+    return take_member, stack_members
+
+
+def sharded_table_shape(config, model, placement: Placement) -> tuple[int, int] | None:
+    """(rows, d) of the dense item table that train.shard_item_table splits over the devices; None: replicated."""
+    if not config.train.get("shard_item_table", False):
+        return None
+    if table_kind(config) != "dense":
+        raise ConfigError(f"train.shard_item_table=True shards a dense item table; table.kind={table_kind(config)} is compressed")
+    sharding.check_table_sharding(model.spec.num_rows, placement.num_devices)
+    return model.spec.num_rows, model.spec.dim
 
 
 def derived_tables(configs: Sequence, data: data_lib.SessionData, split: data_lib.Split, teacher: Teacher | None):
