@@ -80,6 +80,31 @@ def chunked_target_ranks(column_scores: Callable, targets: jax.Array, num_column
     return ranks
 
 
+def chunked_top_k(column_scores: Callable, batch: int, num_columns: int, chunk_size: int, k: int) -> tuple[jax.Array, jax.Array]:
+    """((B, k) scores, (B, k) column ids) of the k best columns 1..C-1, the catalogue scanned `chunk_size` at a time.
+
+    What `lax.top_k` over the whole (B, C) matrix gives, without that matrix: a running top-k is
+    merged with each chunk's scores. The running entries come first in each merge and hold lower
+    ids, so among equal scores the lower id wins, as in one top_k over the whole row. `column_scores`
+    as in chunked_target_ranks; column 0 and ids past the catalogue are never returned.
+    """
+    num_chunks = -(-num_columns // chunk_size)
+    offsets = jnp.arange(chunk_size, dtype=jnp.int32)
+
+    def merge(best, chunk):
+        ids = chunk * chunk_size + offsets
+        real = (ids != 0) & (ids < num_columns)
+        scores = jnp.where(real[None, :], column_scores(ids), -jnp.inf)
+        merged_scores = jnp.concatenate([best[0], scores], axis=1)
+        merged_ids = jnp.concatenate([best[1], jnp.broadcast_to(ids, scores.shape)], axis=1)
+        top_scores, index = jax.lax.top_k(merged_scores, k)
+        return (top_scores, jnp.take_along_axis(merged_ids, index, axis=1)), None
+
+    start = (jnp.full((batch, k), -jnp.inf, jnp.float32), jnp.zeros((batch, k), jnp.int32))
+    (scores, ids), _ = jax.lax.scan(merge, start, jnp.arange(num_chunks))
+    return scores, ids
+
+
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     return [f"{name}@{k}" for k in ks for name in ("hr", "mrr", "ndcg")]
 

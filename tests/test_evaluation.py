@@ -112,6 +112,27 @@ def test_chunked_ranks_equal_the_reference_ties_included(chunk_size):
     assert np.asarray(got).tolist() == np.asarray(evaluation.target_ranks(jnp.asarray(scores), jnp.asarray(targets))).tolist()
 
 
+def reference_top_k(scores: np.ndarray, k: int) -> list[list[int]]:
+    """Loop reference: columns 1..C-1 by score, highest first, the lower id first among equal scores."""
+    return [sorted(range(1, scores.shape[1]), key=lambda j: (-row[j], j))[:k] for row in scores]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 20, 64])
+def test_chunked_top_k_equals_the_reference_ties_included(chunk_size):
+    rng = np.random.default_rng(4)
+    scores = rng.integers(-3, 4, size=(9, 20)).astype(np.float32)  # integer scores: many ties
+    scores[:, 0] = 100.0  # the padding column: never returned
+    padded = np.pad(scores, ((0, 0), (0, 64)), constant_values=1e9)  # past the catalogue: never returned
+
+    def column_scores(ids):
+        return jnp.asarray(padded)[:, ids]
+
+    got_scores, got_ids = evaluation.chunked_top_k(column_scores, 9, 20, chunk_size, 6)
+    want = reference_top_k(scores, 6)
+    assert np.asarray(got_ids).tolist() == want
+    assert np.asarray(got_scores).tolist() == [[float(scores[b, j]) for j in row] for b, row in enumerate(want)]
+
+
 def test_eval_chunk_size_by_catalogue_size_and_bad_settings():
     assert evaluation.eval_chunk_size(-1, evaluation.EVAL_FULL_MATRIX_MAX_ITEMS) == 0
     assert evaluation.eval_chunk_size(-1, evaluation.EVAL_FULL_MATRIX_MAX_ITEMS + 1) == evaluation.EVAL_CHUNK_ITEMS

@@ -153,6 +153,23 @@ def test_the_models_sampled_scores_are_its_catalogue_scores_at_those_ids():
     )
 
 
+def test_the_models_chunked_top_k_is_its_top_k_of_the_whole_ranking_bonuses_included():
+    from rec_kd.serve import export
+
+    model = SeqRecModel(num_items=30, hidden_dim=8, inner_dim=8, max_len=5, copy_bonus=True, repeat_bonus=0.7)
+    rng = np.random.default_rng(5)
+    items = np.asarray(rng.integers(1, 31, size=(4, 5)), np.int32)
+    lengths = np.array([5, 3, 1, 2], np.int32)
+    params = model.init(jax.random.key(1), jnp.asarray(items), jnp.asarray(lengths))["params"]
+    params = {**params, "copy_bonus": jnp.asarray(0.9)}
+    table = params["item_embedding"]
+    params["item_embedding"] = table.at[12].set(table[11])  # a tie between items 11 and 12
+    want_ids, want_scores = export.jax_top_k(model, params, items, lengths, 10, chunk_size=0)  # one (B, N) matrix
+    got_ids, got_scores = export.jax_top_k(model, params, items, lengths, 10, chunk_size=7)
+    assert got_ids.tolist() == want_ids.tolist()
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
+
+
 def tiny_synthetic(arg: str, teacher_workdir: str = ""):
     config = defaults.get_config(defaults.CUSTOM, arg)
     config.data.format = "synthetic"

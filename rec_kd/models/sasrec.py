@@ -230,6 +230,18 @@ class SeqRecModel(nn.Module):
         The same ranking as __call__'s (copy and repeat bonuses included), without its (B, N + 1)
         scores: what evaluation uses past a catalogue size (evaluation.chunked_target_ranks).
         """
+        return evaluation.chunked_target_ranks(self.ranking_columns(items, lengths), targets, self.num_items + 1, chunk_size)
+
+    def top_k(self, items: jax.Array, lengths: jax.Array, k: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+        """((B, k) ranking scores, (B, k) item ids) of the k best items, the catalogue scored `chunk_size` at a time.
+
+        lax.top_k of __call__'s `ranking` over items 1..N (evaluation.chunked_top_k), without its
+        (B, N + 1) matrix: what `recommend` and the KD candidates use on a large catalogue.
+        """
+        return evaluation.chunked_top_k(self.ranking_columns(items, lengths), items.shape[0], self.num_items + 1, chunk_size, k)
+
+    def ranking_columns(self, items: jax.Array, lengths: jax.Array):
+        """ids (C,) -> (B, C) `ranking` scores of those columns for these sessions (ids past the catalogue score anything)."""
         table = self.item_table()
         session = self.encode(lambda ids: table[ids], items, lengths, train=False)
         last_row = self.num_items
@@ -244,7 +256,7 @@ class SeqRecModel(nn.Module):
                     scores = jnp.where(held, scores + self.repeat_bonus, scores)
             return scores
 
-        return evaluation.chunked_target_ranks(column_scores, targets, self.num_items + 1, chunk_size)
+        return column_scores
 
 
 # Kinds whose rows share factor rows by their ids' digits (STTD and TT: id // I_2, id % I_2; QR: quotient,

@@ -453,11 +453,22 @@ def export_workdir(
     return path
 
 
-def jax_top_k(model, params, items: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The JAX model's own top-k (ids in [1, N], scores) for (B, L) items and (B,) lengths."""
+def jax_top_k(model, params, items: np.ndarray, lengths: np.ndarray, k: int, chunk_size: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """The JAX model's own top-k (ids in [1, N], scores) for (B, L) items and (B,) lengths.
+
+    `chunk_size` as train.eval_chunk_items (-1: by catalogue size): past 262,144 items the
+    catalogue is scanned in chunks with a running top-k (SeqRecModel.top_k), never a (B, N) matrix.
+    """
     import jax
 
-    out = model.apply({"params": params}, items.astype(np.int32), lengths.astype(np.int32))
+    from rec_kd import evaluation
+
+    items, lengths = items.astype(np.int32), lengths.astype(np.int32)
+    chunk = evaluation.eval_chunk_size(chunk_size, model.num_items + 1)
+    if chunk:
+        scores, ids = model.apply({"params": params}, items, lengths, k, chunk, method=type(model).top_k)
+        return np.asarray(ids).astype(np.int64), np.asarray(scores)
+    out = model.apply({"params": params}, items, lengths)
     scores, index = jax.lax.top_k(out["ranking"][:, 1:], k)  # table rows stop at N already
     return np.asarray(index) + 1, np.asarray(scores)
 
