@@ -41,15 +41,28 @@ def params_digest(params: Any) -> str:
     """
     digest = hashlib.sha256()
     for path, leaf in jax.tree.flatten_with_path(params)[0]:
+        blocks = [leaf]
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            if leaf.sharding.is_fully_replicated:
-                leaf = leaf.addressable_shards[0].data
-            else:  # every process takes part, in the same tree order
-                leaf = multihost_utils.process_allgather(leaf, tiled=True)
-        array = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.name}|{array.shape}|".encode())
-        digest.update(array.tobytes())
+            blocks = [leaf.addressable_shards[0].data] if leaf.sharding.is_fully_replicated else gathered_row_blocks(leaf)
+        header = f"{jax.tree_util.keystr(path)}|{np.dtype(leaf.dtype).name}|{tuple(leaf.shape)}|"
+        digest.update(header.encode())
+        for block in blocks:
+            digest.update(np.ascontiguousarray(np.asarray(block)).tobytes())
     return digest.hexdigest()[:16]
+
+
+# Rows of a leaf split over processes that params_digest gathers at a time.
+DIGEST_BLOCK_ROWS = 65_536
+
+
+def gathered_row_blocks(leaf: jax.Array):
+    """A leaf split over processes (a sharded item table) as host arrays of DIGEST_BLOCK_ROWS rows, in order.
+
+    Their bytes, concatenated, are the whole array's in C order. One block at a time is gathered,
+    so no device ever holds the whole table. Every process takes part, in the same order.
+    """
+    for start in range(0, leaf.shape[0], DIGEST_BLOCK_ROWS):
+        yield multihost_utils.process_allgather(leaf[start : start + DIGEST_BLOCK_ROWS], tiled=True)
 
 
 def manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:

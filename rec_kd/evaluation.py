@@ -88,6 +88,8 @@ def chunked_top_k(column_scores: Callable, batch: int, num_columns: int, chunk_s
     ids, so among equal scores the lower id wins, as in one top_k over the whole row. `column_scores`
     as in chunked_target_ranks; column 0 and ids past the catalogue are never returned.
     """
+    if not 1 <= k <= num_columns - 1:
+        raise ValueError(f"k = {k} must lie in [1, {num_columns - 1}], the catalogue's items")
     num_chunks = -(-num_columns // chunk_size)
     offsets = jnp.arange(chunk_size, dtype=jnp.int32)
 

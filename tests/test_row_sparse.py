@@ -48,6 +48,25 @@ def test_adam_rows_updates_the_given_rows_as_adam_does_and_leaves_the_rest(weigh
     assert np.array_equal(np.asarray(got_table)[untouched], table[untouched].astype(np.float32))
 
 
+def test_with_every_row_read_on_every_step_it_is_optax_adamw_schedule_and_weight_decay_included():
+    import optax
+
+    rng = np.random.default_rng(1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.01, 2, 5)
+    optimizer = optax.adamw(schedule, weight_decay=0.05)
+    table = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+    want, state = table, optimizer.init(table)
+    got, moments = table, row_sparse.init_moments(table)
+    rows = jnp.array([0, 1, 2, 3, 4, 5, 6])  # every row, and one padding entry past the table
+    for step in range(5):
+        grads = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+        updates, state = optimizer.update(grads, state, want)
+        want = optax.apply_updates(want, updates)
+        block_grads = jnp.concatenate([grads, jnp.ones((1, 3))])  # the padding entry's gradient is dropped
+        got, moments = row_sparse.adam_rows(got, moments, rows, block_grads, jnp.asarray(step), schedule(step), 0.05)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
 def test_touched_rows_are_sorted_distinct_with_the_padding_row_first_and_local_ids_index_them():
     items = jnp.array([[5, 3, 0], [9, 5, 0]], jnp.int32)
     candidates = jnp.array([3, 12, 9, 12], jnp.int32)

@@ -73,6 +73,13 @@ SCRIPT = textwrap.dedent(
             "loss": [float(s_metrics["loss/total"][0]), float(r_metrics["loss/total"][0])],
             "after_step_spec": str(s_state["params"]["model"]["item_embedding"].sharding.spec),
         }
+    from rec_kd import checkpointing
+    checkpointing.DIGEST_BLOCK_ROWS = 1000  # 3,072 rows: blocks of 1,000, 1,000, 1,000 and 72
+    table = s_state["params"]["model"]["item_embedding"]  # the last run's, after its steps
+    blocks = list(checkpointing.gathered_row_blocks(table))
+    out["digest_blocks"] = [block.shape[0] for block in blocks]
+    out["digest_blocks_equal"] = bool(np.array_equal(np.concatenate(blocks), np.asarray(table)))
+    checkpointing.DIGEST_BLOCK_ROWS = 65536
     config = tiny_synthetic("teacher")
     config.train.shard_item_table = True
     config.train.table_update = "rows"
@@ -104,8 +111,12 @@ def test_a_sharded_teacher_table_lives_a_quarter_on_each_device_and_steps_as_the
         assert steps["after_step_spec"] == "P('data', None)"  # the step keeps it split
         assert steps["max_param_diff"] < 1e-5
         assert steps["loss"][0] == pytest.approx(steps["loss"][1], rel=1e-5)
+    assert out["digest_blocks"] == [1000, 1000, 1000, 72] and out["digest_blocks_equal"]
     results = json.loads((tmp_path / "teacher" / "results.json").read_text())
     assert results["config"]["train"]["shard_item_table"] is True and results["num_devices"] == 4
+    # Sizes leave the padding rows out: 3,001 rows of 16.
+    assert results["params"]["item_table"] == 3001 * 16
+    assert results["bytes"]["item_table"] == results["bytes"]["dense_item_table"] == 3001 * 16 * 4
     assert 0 < results["test"]["hr@20"] <= 1
     from rec_kd.serve import export
 

@@ -28,9 +28,17 @@ def count_bytes(tree) -> int:
     )
 
 
+def padding_params(model) -> int:
+    """Parameters in a dense table's padding rows (train.shard_item_table pads it to a multiple of 1,024 rows).
+
+    They are never read, scored or exported, so no size or compression ratio counts them.
+    """
+    return (model.spec.num_rows - (model.num_items + 1)) * model.spec.dim if model.table_spec is None else 0
+
+
 def table_bytes(config, num_items: int) -> dict:
     """{'item_table': the table's bytes on device (its row map included), 'dense_item_table': fp32 (N + 1) x d}."""
-    spec = build_model(config, num_items).spec
+    spec = build_model(config, num_items).clone(table_row_multiple=1).spec  # without a sharded table's padding rows
     row_map = 4 * (num_items + 1) if row_order(config) != "id" else 0  # an int32 item -> row map in the export
     return {"item_table": compress.table_bytes(spec) + row_map, "dense_item_table": 4 * (num_items + 1) * config.model.hidden_dim}
 
@@ -64,8 +72,9 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
     reported = record["refit_history"][-1] if refit else selected
     history = record["refit_history"] if refit else record["history"]
     params = state["params"]
-    inference_total = count_params(params["model"])
-    item_table = table_param_count(params["model"])
+    padding = padding_params(build_model(config, data.num_items))
+    inference_total = count_params(params["model"]) - padding
+    item_table = table_param_count(params["model"]) - padding
     results = {
         "stage": config.stage,
         "variant": config.variant,
@@ -87,10 +96,14 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
             "note": "best test value of each metric over all evaluated epochs (the authors' protocol; selected on test)",
             **{name: max(entry["test"][name] for entry in history) for name in reported["test"]},
         },
-        "params": {"total": count_params(params), "item_table": item_table, "inference_total": inference_total},
+        "params": {"total": count_params(params) - padding, "item_table": item_table, "inference_total": inference_total},
         "embedding_compression": None,
         "model_compression": None,
-        "bytes": {"params_fp32": 4 * inference_total, "model": count_bytes(params["model"]), **table_bytes(config, data.num_items)},
+        "bytes": {
+            "params_fp32": 4 * inference_total,
+            "model": count_bytes(params["model"]) - 4 * padding,
+            **table_bytes(config, data.num_items),
+        },
         "losses": {name.split("/", 1)[1]: value for name, value in reported["losses"].items() if name.startswith("loss/")},
         "wall_s": wall_s,
         "train_examples_per_s": record["train_examples"] / max(record["train_seconds"], 1e-9),
@@ -120,7 +133,7 @@ def build_results(config, data, record, state, teacher, resumed_from_step, num_d
             results["embedding_compression_authors"] = int(np.prod(config.table.item_factors)) * dim / item_table
         if row_order(config) != "id":
             results["bytes"]["item_rows_int32"] = 4 * (data.num_items + 1)
-        results["model_compression"] = count_params(teacher.params) / inference_total
+        results["model_compression"] = (count_params(teacher.params) - padding_params(teacher.model)) / inference_total
         results["teacher_workdir"] = teacher.workdir
         results["teacher_step"] = teacher.step  # the reported model's teacher (the refit phase's, with a refit)
         results["teacher_checkpoint"] = teacher.checkpoint

@@ -236,7 +236,7 @@ class SeqRecModel(nn.Module):
         """((B, k) ranking scores, (B, k) item ids) of the k best items, the catalogue scored `chunk_size` at a time.
 
         lax.top_k of __call__'s `ranking` over items 1..N (evaluation.chunked_top_k), without its
-        (B, N + 1) matrix: what `recommend` and the KD candidates use on a large catalogue.
+        (B, N + 1) matrix: what `recommend` uses on a large catalogue (rec_kd.serve.export.jax_top_k).
         """
         return evaluation.chunked_top_k(self.ranking_columns(items, lengths), items.shape[0], self.num_items + 1, chunk_size, k)
 

@@ -150,6 +150,8 @@ def build_run(configs, data: data_lib.SessionData, placement: Placement, teacher
     constants = placement.replicate(step_constants(config, data))
     table_name = model.spec.param_name
     row_sparse_table = row_sparse.table_update(config) == "rows"
+    if row_sparse_table:  # before anything is built for a table it cannot update
+        row_sparse.check_rows_config(sampling.loss_kind(config), table_kind(config))
 
     def init_member(seed):
         params = step.init_params(config, model, heads, step.model_keys(seed)[0])
@@ -214,7 +216,6 @@ def one_model_step(config, model, heads, teacher: Teacher | None, steps_per_epoc
         loss_fn = step.make_loss_fn(model, heads, teacher_model, distill)
     if row_sparse.table_update(config) == "dense":
         return step.make_train_step(loss_fn, config, steps_per_epoch)
-    row_sparse.check_rows_config(sampling.loss_kind(config), table_kind(config))
     return step.make_row_sparse_train_step(loss_fn, config, steps_per_epoch, model.spec.param_name, config.train.sampled)
 
 

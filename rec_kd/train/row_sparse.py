@@ -9,9 +9,10 @@ block alone, and applies Adam to those U rows only: the other rows and their mom
 are (TensorFlow's LazyAdam; optax has no row-sparse Adam).
 
 The semantics differ from dense Adam in one way: a row's moments decay only on the steps that read
-it, so an untouched row does not keep drifting on its old momentum (and decoupled weight decay
-reaches a row only when it is read). On a step where every row is read, or on the first step of a
-run (zero moments), the two updates are the same (tests/test_row_sparse.py).
+it, so an untouched row does not keep drifting on its old momentum, and decoupled weight decay
+reaches a row only when it is read. In a run whose every step reads every row the two updates are
+the same, schedule and weight decay included; so is a run's first step without weight decay (zero
+moments move no unread row) (tests/test_row_sparse.py).
 """
 
 import jax
