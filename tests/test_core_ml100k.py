@@ -164,7 +164,7 @@ def test_sigterm_and_sigkill_end_like_an_uninterrupted_run(unless_checked_on_tma
     assert_same_metrics(interrupted, straight, tolerance=1e-6)
 
 
-def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_selected_epochs(tmp_path):
+def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_selected_epochs(unless_checked_on_tmall, tmp_path):
     workdir = tmp_path / "refit"
     overrides = [*ONE_BUCKET, "--config.data.max_train_examples=300", "--config.data.max_eval_examples=200"]
     run_ml100k("teacher,smoke", workdir, *overrides, "--config.model.hidden_dim=32", "--config.train.refit_on_valid=True", base=[])
@@ -175,8 +175,12 @@ def reproduce_command(root: Path, *flags: str) -> list[str]:
     return [sys.executable, "-m", "launch.reproduce", f"--root={root}", "--datasets=ml-100k", *flags]
 
 
-def test_reproduce_grid_then_report_holds_the_runs_numbers(tmp_path):
-    """The select protocol, the quicker one (tests/test_refit_protocol.py covers the refit one on ml-100k)."""
+def test_reproduce_grid_then_report_holds_the_runs_numbers(unless_checked_on_tmall, tmp_path):
+    """The select protocol, the quicker one (tests/test_refit_protocol.py covers the refit one on ml-100k).
+
+    Its Tmall twin is tests/test_launch.py's smoke grid; the main row's sizes are also hand-counted in
+    tests/test_reproduce_tables.py, which needs no training.
+    """
     root, out = tmp_path / "runs", tmp_path / "report"
     command = reproduce_command(root, "--smoke", "--seeds=0", "--rows=teacher,main", "--protocol=select")
     subprocess.run(command, cwd=REPO, env=main_env(1), check=True, capture_output=True, timeout=900)
