@@ -36,8 +36,9 @@ test: $(STAMP)
 # loadfile: a file's tests share one worker, so its module-scoped trained models are built once.
 # The longest files are named first (pytest collects them first and drops the repeat under tests),
 # so the two workers start on them and finish together: longest-first balancing.
-LONGEST_TESTS := tests/test_launch.py tests/test_train.py tests/test_export.py tests/test_core_ml100k.py \
-	tests/test_members.py tests/test_sweep.py tests/test_custom_data.py tests/test_codes.py tests/test_refit_protocol.py
+LONGEST_TESTS := tests/test_launch.py tests/test_train.py tests/test_custom_data.py tests/test_refit_protocol.py \
+	tests/test_codes.py tests/test_members.py tests/test_sweep.py tests/test_export.py tests/test_table_sharding.py \
+	tests/test_student_step.py tests/test_sampling.py tests/test_core_ml100k.py tests/test_row_sparse.py
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist=loadfile $(LONGEST_TESTS) tests
 

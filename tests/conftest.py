@@ -25,19 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# The suite compiles far more than it runs (many small programs, a few steps each), so its XLA CPU
-# programs are built without LLVM's costly optimisations: the suite's compile-bound tests take about
-# 40% less time. No test compares a number with one computed outside the suite at another level:
-# runs are checked against each other (device counts, resumes, vmapped twins) or against numpy
-# references, within tolerances. Every subprocess gets the same flags (xla_flags).
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-
-
-def xla_flags(num_devices: int) -> str:
-    """XLA_FLAGS for a test's subprocess: `num_devices` fake CPU devices, compiled as the suite compiles."""
-    return f"--xla_force_host_platform_device_count={num_devices} {TEST_XLA_FLAGS}"
 
 
 def missing_data_message(path: str) -> str:

@@ -197,17 +197,14 @@ def test_compressor_grid_runs_each_kind_at_the_budget_and_reports_it(smoke_grid,
     assert "skipping hash at budget x100" in planned.stderr  # its 2 x 40,728 item weights alone exceed 50,976
     planned_runs = [re.search(r"--workdir=\S+/tables/(\w+)", line).group(1) for line in planned.stdout.splitlines()]
     assert planned_runs == ["qr_ce_main_s0", "mixed_dim_ce_main_s0", "hash_ce_main_s0", "mixed_dim_ce_x100_s0"]
-    # Two of them train here; every kind's budget sizing and gradients are tests/test_student_step.py's.
-    for kinds in (["--kinds=qr", "--budgets=main"], ["--kinds=mixed_dim", "--budgets=x100"]):
-        result = subprocess.run([*command, *common, *kinds], cwd=REPO, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
+    # One of them trains here; every kind's budget sizing and gradients are tests/test_student_step.py's.
+    result = subprocess.run([*command, *common, "--kinds=qr", "--budgets=main"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(path.parent.name for path in (root / "tmall" / "tables").glob("*/results.json"))
-    assert names == ["mixed_dim_ce_x100_s0", "qr_ce_main_s0"]
+    assert names == ["qr_ce_main_s0"]
     qr = json.loads((root / "tmall" / "tables" / "qr_ce_main_s0" / "results.json").read_text())
     assert qr["table_kind"] == "qr" and qr["variant"] == "ce" and "losses" in qr and set(qr["losses"]) == {"rec", "total"}
     assert qr["config"]["table"]["qr"]["modulus"] == 28 and qr["params"]["item_table"] == (1455 + 28) * 128  # <= 191,160
-    mixed = json.loads((root / "tmall" / "tables" / "mixed_dim_ce_x100_s0" / "results.json").read_text())
-    assert mixed["params"]["item_table"] <= 50_976  # the x100 STTD table's size
 
     out = tmp_path / "report"
     report_cmd = [*command, "--report", f"--report_out={out}", "--calls=20"]

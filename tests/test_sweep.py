@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from rec_kd.train import sweeps
-from tests.conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,7 @@ RUN_NAMES = [f"seed={s},train.learning_rate={lr}" for s in (0, 1) for lr in (0.0
 
 def sweep_env() -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"))
-    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=xla_flags(1))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     return env
 
 

@@ -19,7 +19,6 @@ import pytest
 from rec_kd.defaults import ConfigError
 from rec_kd.models import SHARDED_TABLE_ROW_MULTIPLE, SeqRecModel
 from rec_kd.train import sharding
-from tests.conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +90,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run_script(workdir: Path, num_devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=xla_flags(num_devices), JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(workdir)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))

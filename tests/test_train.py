@@ -20,7 +20,6 @@ import pytest
 
 from rec_kd.compress import row_order
 from rec_kd.experiments import runs
-from tests.conftest import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ TMALL_SMOKE = [
 def main_env(num_devices: int) -> dict:
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS=xla_flags(num_devices),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
