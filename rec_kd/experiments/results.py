@@ -38,9 +38,10 @@ def padding_params(model) -> int:
 
 def table_bytes(config, num_items: int) -> dict:
     """{'item_table': the table's bytes on device (its row map included), 'dense_item_table': fp32 (N + 1) x d}."""
-    spec = build_model(config, num_items).clone(table_row_multiple=1).spec  # without a sharded table's padding rows
+    model = build_model(config, num_items)
     row_map = 4 * (num_items + 1) if row_order(config) != "id" else 0  # an int32 item -> row map in the export
-    return {"item_table": compress.table_bytes(spec) + row_map, "dense_item_table": 4 * (num_items + 1) * config.model.hidden_dim}
+    item_table = compress.table_bytes(model.spec) - 4 * padding_params(model) + row_map  # fp32 padding rows left out
+    return {"item_table": item_table, "dense_item_table": 4 * (num_items + 1) * config.model.hidden_dim}
 
 
 def recorded_table_bytes(result: dict) -> dict:

@@ -98,14 +98,16 @@ def sampled_candidates(dropout_key, batch, constants, sampled):
 def make_sampled_loss_fn(model, teacher_model, distill_config, sampled):
     """make_loss_fn's loss for train.loss='sampled': the rec and KD losses over a candidate set, no catalogue.
 
-    `table_rows`, for a row-sparse update (make_row_sparse_train_step): {'block': the (U, d) rows
-    the step reads, 'items', 'targets', 'candidates': the batch's ids and the candidates' as local
-    ids into it (row_sparse.touched_rows)}; the model then reads its item vectors from the block.
+    `table_rows`, for a row-sparse update (make_row_sparse_train_step): {'drawn': the step's
+    sampled_candidates, drawn once by the step, 'block': the (U, d) rows the step reads, 'items',
+    'targets', 'candidates': the batch's ids and the candidates' as local ids into the block
+    (row_sparse.touched_rows)}; the model then reads its item vectors from the block.
     """
 
     def loss_fn(params, batch, dropout_key, constants, teacher_params, hparams, table_rows=None):
         terms = losses.sampled_objective_terms(None if distill_config is None else distill_view(distill_config, hparams))
-        ids, log_q, positive_log_q = sampled_candidates(dropout_key, batch, constants, sampled)
+        drawn = sampled_candidates(dropout_key, batch, constants, sampled) if table_rows is None else table_rows["drawn"]
+        ids, log_q, positive_log_q = drawn
         inputs = (batch["items"], batch["lengths"], batch["targets"], ids)
         variables, rngs, method = {"params": params["model"]}, {"dropout": dropout_key}, type(model).sampled_scores
         if table_rows is None:
@@ -203,21 +205,20 @@ def make_row_sparse_train_step(loss_fn, config, steps_per_epoch: int, table_name
     row_sparse.touched_rows) into a (U, d) block, takes the loss's gradient with respect to that
     block and the other trained parameters, updates the block's rows with row_sparse.adam_rows and
     the rest with make_optimizer's Adam: no (N + 1, d) gradient and no whole-table update.
-    `loss_fn` is make_sampled_loss_fn's; it draws the candidates again from the same key (XLA
-    computes them once).
+    `loss_fn` is make_sampled_loss_fn's; the step's candidates reach it in `table_rows`.
     """
 
     def train_step(state, batch, constants, teacher_params, member):
         dropout_key = jax.random.fold_in(model_keys(member["seed"])[1], state["step"])
         params = state["params"]
         table = params["model"][table_name]
-        candidate_ids = sampled_candidates(dropout_key, batch, constants, sampled)[0]
-        rows, local = row_sparse.touched_rows([batch["items"], batch["targets"], candidate_ids], table.shape[0])
+        drawn = sampled_candidates(dropout_key, batch, constants, sampled)
+        rows, local = row_sparse.touched_rows([batch["items"], batch["targets"], drawn[0]], table.shape[0])
         block = table.at[rows].get(mode="fill", fill_value=0.0)
         body = without_table(trained_params(params), table_name)
 
         def loss_of(body, block):
-            table_rows = dict(zip(("items", "targets", "candidates"), local, strict=True), block=block)
+            table_rows = dict(zip(("items", "targets", "candidates"), local, strict=True), block=block, drawn=drawn)
             return loss_fn(with_trained(params, body), batch, dropout_key, constants, teacher_params, member["hparams"], table_rows)
 
         (body_grads, block_grads), metrics = jax.grad(loss_of, argnums=(0, 1), has_aux=True)(body, block)
